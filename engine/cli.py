@@ -1,0 +1,295 @@
+"""The ``motcua`` command line.
+
+Every command reads the database from ``MOTCUA_DATABASE_URL`` (default: an
+SQLite file in ``./instance``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session
+
+from . import config, services
+from .core.calendar import VN_TZ, WorkingCalendar
+from .errors import DeploymentRejected, EngineError
+from .persistence.db import make_engine, make_session_factory, migrate
+
+PROCESSES_DIR = Path(__file__).resolve().parent.parent / "processes"
+
+
+def _now() -> datetime:
+    return datetime.now(VN_TZ).replace(microsecond=0)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@click.group()
+@click.option("--database-url", envvar="MOTCUA_DATABASE_URL", default=None, help="SQLAlchemy URL (default: SQLite in ./instance).")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None) -> None:
+    """Một Cửa — BPMN engine for one-stop administrative procedures."""
+    ctx.obj = config.load(database_url=database_url)
+
+
+@contextmanager
+def _session(ctx: click.Context) -> Iterator[Session]:
+    settings: config.Settings = ctx.obj
+    engine = make_engine(settings.database_url)
+    session = make_session_factory(engine)()
+    try:
+        yield session
+    finally:
+        session.close()
+        engine.dispose()
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(1)
+
+
+@main.command("init-db")
+@click.pass_context
+def init_db(ctx: click.Context) -> None:
+    """Create or upgrade the database schema."""
+    settings: config.Settings = ctx.obj
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"Database ready: {_safe_url(settings.database_url)}")
+
+
+def _read_files(paths: tuple[str, ...]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for raw in paths:
+        path = Path(raw)
+        targets = sorted(path.glob("*.bpmn")) if path.is_dir() else [path]
+        for target in targets:
+            try:
+                files[target.name] = target.read_bytes()
+            except OSError as err:
+                _fail(f"Cannot read {target}: {err.strerror}")
+    if not files:
+        _fail("No BPMN file found.")
+    return files
+
+
+def _print_problems(problems: list[Any]) -> None:
+    for problem in problems:
+        click.echo(str(problem), err=problem.severity == "error")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--each", is_flag=True, help="Deploy every file as its own procedure instead of one set.")
+@click.option("--actor", default="cli", show_default=True, help="Who deploys (recorded in the audit trail).")
+@click.pass_context
+def deploy(ctx: click.Context, paths: tuple[str, ...], each: bool, actor: str) -> None:
+    """Deploy BPMN files (one procedure and the processes it calls)."""
+    files = _read_files(paths)
+    batches = [{name: content} for name, content in files.items()] if each else [files]
+    failed = False
+    with _session(ctx) as session:
+        for batch in batches:
+            try:
+                result = services.deploy(session, batch, actor=actor, now=_now())
+            except DeploymentRejected as err:
+                failed = True
+                click.echo(f"Rejected {', '.join(batch)}:", err=True)
+                _print_problems(err.problems)
+                continue
+            except EngineError as err:
+                failed = True
+                click.echo(f"{', '.join(batch)}: {err.message}", err=True)
+                continue
+            state = "new version" if result.created else "unchanged"
+            click.echo(f"{result.code} version {result.version} ({state}): {result.name}")
+            _print_problems(result.warnings)
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+def validate(paths: tuple[str, ...]) -> None:
+    """Check BPMN files without deploying them."""
+    files = _read_files(paths)
+    problems = services.validate(files)
+    _print_problems(problems)
+    if any(p.severity == "error" for p in problems):
+        sys.exit(1)
+    click.echo(f"OK: {', '.join(files)} can be deployed.")
+
+
+@main.group()
+def calendar() -> None:
+    """Working-day calendar."""
+
+
+def _parse_instant(value: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not an ISO 8601 date-time such as 2026-02-13T10:00+07:00.")
+    return instant if instant.tzinfo else instant.replace(tzinfo=VN_TZ)
+
+
+def _calendar(ctx: click.Context) -> WorkingCalendar:
+    try:
+        with _session(ctx) as session:
+            return services.load_calendar(session)
+    except (OperationalError, ProgrammingError):
+        click.echo("warning: database not initialised (motcua init-db); no calendar overrides applied", err=True)
+        return WorkingCalendar()
+
+
+@calendar.command("due")
+@click.option("--start", "start", required=True, help="ISO 8601 instant; without an offset it is taken in Asia/Ho_Chi_Minh.")
+@click.option("--working-days", type=click.FloatRange(min=0), default=None)
+@click.option("--working-hours", type=click.FloatRange(min=0), default=None)
+@click.pass_context
+def calendar_due(ctx: click.Context, start: str, working_days: float | None, working_hours: float | None) -> None:
+    """Print when a deadline starting at --start falls due."""
+    if (working_days is None) == (working_hours is None):
+        raise click.UsageError("Give exactly one of --working-days or --working-hours.")
+    instant = _parse_instant(start)
+    cal = _calendar(ctx)
+    due = cal.add_working_days(instant, working_days) if working_days is not None else cal.add_working_hours(instant, working_hours or 0)
+    click.echo(due.astimezone(VN_TZ).isoformat())
+
+
+@calendar.command("override")
+@click.argument("day", type=click.DateTime(formats=["%Y-%m-%d"]))
+@click.option("--day-off", "kind", flag_value="day_off", help="An extra day off (e.g. a bridge day).")
+@click.option("--working-day", "kind", flag_value="working_day", help="An extra working day (làm bù).")
+@click.option("--note", default=None)
+@click.pass_context
+def calendar_override(ctx: click.Context, day: datetime, kind: str | None, note: str | None) -> None:
+    """Add an extra day off or working day."""
+    if kind is None:
+        raise click.UsageError("Give --day-off or --working-day.")
+    with _session(ctx) as session:
+        services.add_calendar_override(session, day.date(), kind, note, actor="cli", now=_now())
+    click.echo(f"{day.date().isoformat()}: {kind}")
+
+
+@main.group()
+def dossier() -> None:
+    """Dossiers: start one, show it."""
+
+
+def _json_option(value: str) -> dict[str, Any]:
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"not valid JSON: {err.msg}")
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object")
+    return data
+
+
+@dossier.command("start")
+@click.argument("procedure_code")
+@click.option("--data", default="{}", help="Dossier data as a JSON object.")
+@click.option("--agency", default=None, help="Code of the receiving agency.")
+@click.pass_context
+def dossier_start(ctx: click.Context, procedure_code: str, data: str, agency: str | None) -> None:
+    """Receive a dossier for PROCEDURE_CODE."""
+    with _session(ctx) as session:
+        try:
+            d = services.start_dossier(
+                session, procedure_code, _json_option(data), actor="cli", now=_now(), agency_code=agency or ctx.obj.default_agency_code
+            )
+        except EngineError as err:
+            _fail(err.message)
+        _show(session, d.code)
+
+
+@dossier.command("show")
+@click.argument("code")
+@click.pass_context
+def dossier_show(ctx: click.Context, code: str) -> None:
+    """Show a dossier and its open steps."""
+    with _session(ctx) as session:
+        try:
+            _show(session, code)
+        except EngineError as err:
+            _fail(err.message)
+
+
+def _show(session: Session, code: str) -> None:
+    d = services.get_dossier(session, code)
+    due = d.due_at.astimezone(VN_TZ).isoformat() if d.due_at else "-"
+    click.echo(f"{d.code}  {services.DossierStatus.LABELS[d.status]}  due {due}")
+    for task in services.open_tasks(session, code):
+        task_due = task.due_at.astimezone(VN_TZ).isoformat() if task.due_at else "-"
+        click.echo(f"  task {task.id}: {task.step_name} [{task.role or '-'}] due {task_due}")
+
+
+@main.command("complete")
+@click.argument("task_id", type=int)
+@click.option("--data", default="{}", help="Form data as a JSON object.")
+@click.option("--actor", default="cli", show_default=True)
+@click.pass_context
+def complete(ctx: click.Context, task_id: int, data: str, actor: str) -> None:
+    """Complete an open step."""
+    with _session(ctx) as session:
+        try:
+            d = services.complete_task(session, task_id, _json_option(data), actor=actor, now=_now())
+        except EngineError as err:
+            _fail(err.message)
+        _show(session, d.code)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=int)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
+    """Serve the web application with a production WSGI server (waitress)."""
+    from waitress import serve as waitress_serve
+
+    from api.app import create_app
+
+    app = create_app(ctx.obj)
+    click.echo(f"Một Cửa on http://{host}:{port}/ (database {_safe_url(ctx.obj.database_url)})")
+    waitress_serve(app, host=host, port=port, threads=threads)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--no-serve", is_flag=True, help="Set up the demo data and stop.")
+@click.pass_context
+def demo(ctx: click.Context, host: str, port: int, no_serve: bool) -> None:
+    """Set up the embedded database with the bundled procedures, then serve."""
+    ctx.invoke(init_db)
+    with _session(ctx) as session:
+        for path in sorted(PROCESSES_DIR.glob("*.bpmn")):
+            try:
+                result = services.deploy(session, {path.name: path.read_bytes()}, actor="demo", now=_now())
+                click.echo(f"{result.code} version {result.version}: {result.name}")
+            except DeploymentRejected as err:
+                click.echo(f"Skipped {path.name}:", err=True)
+                _print_problems(err.problems)
+    if not no_serve:
+        ctx.invoke(serve, host=host, port=port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,53 @@
+"""Configuration from environment variables, all prefixed ``MOTCUA_``.
+
+Each key is declared once here with its default; :func:`load` reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["Settings", "load", "PREFIX"]
+
+PREFIX = "MOTCUA_"
+
+
+def _default_instance() -> str:
+    return str(Path.cwd() / "instance")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the product, with its default."""
+
+    #: Folder for the embedded database and other local files.
+    instance_path: str = ""
+    #: SQLAlchemy URL; default: an SQLite file in the instance folder.
+    database_url: str = ""
+    #: Code of the agency whose desk receives dossiers when none is named.
+    default_agency_code: str = "000.00.00.H00"
+    #: Secret key for signed cookies and tokens.
+    secret_key: str = "dev-only-change-me"
+    #: Log SQL statements.
+    echo_sql: bool = False
+
+    def resolved(self) -> "Settings":
+        instance = self.instance_path or _default_instance()
+        url = self.database_url or f"sqlite:///{Path(instance) / 'motcua.sqlite3'}"
+        return Settings(**{**self.__dict__, "instance_path": instance, "database_url": url})
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``environ`` (default: ``os.environ``) and keyword ``overrides``."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(PREFIX + f.name.upper())
+        if raw is None:
+            continue
+        values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on") if f.type in (bool, "bool") else raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values).resolved()

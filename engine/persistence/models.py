@@ -1,0 +1,241 @@
+"""SQLAlchemy 2 models: the procedure catalog, dossiers, their open tasks and the audit trail.
+
+Workflow state is one JSON text per dossier (without the spec, which is stored
+once per procedure version). Everything a query filters on — open tasks by role,
+agency, assignee and due date — lives in indexed columns, so inboxes and
+deadline sweeps never deserialize a workflow.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "CalendarOverride",
+    "Dossier",
+    "DossierCounter",
+    "Procedure",
+    "ProcedureFile",
+    "ProcedureVersion",
+    "Task",
+    "TaskState",
+    "UTCDateTime",
+]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes on every backend, stored in UTC.
+
+    SQLite has no time zones: values are stored as UTC and come back aware.
+    A naive datetime is refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; pass an aware datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), date: Date()}
+
+
+class Procedure(Base):
+    """An administrative procedure (thủ tục hành chính), by its national code."""
+
+    __tablename__ = "procedures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(500))
+    field: Mapped[str | None] = mapped_column(String(200))
+    level: Mapped[str | None] = mapped_column(String(50))
+    latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+
+    versions: Mapped[list["ProcedureVersion"]] = relationship(
+        back_populates="procedure", order_by="ProcedureVersion.version"
+    )
+
+
+class ProcedureVersion(Base):
+    """One deployed version of a procedure: its files, metadata and parsed spec."""
+
+    __tablename__ = "procedure_versions"
+    __table_args__ = (
+        UniqueConstraint("procedure_id", "version"),
+        UniqueConstraint("procedure_id", "content_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    procedure_id: Mapped[int] = mapped_column(ForeignKey("procedures.id"))
+    version: Mapped[int]
+    content_hash: Mapped[str] = mapped_column(String(64))
+    process_id: Mapped[str] = mapped_column(String(255))
+    meta: Mapped[dict[str, Any]]
+    spec_json: Mapped[str] = mapped_column(Text)
+    deployed_at: Mapped[datetime]
+    deployed_by: Mapped[str] = mapped_column(String(200))
+
+    procedure: Mapped[Procedure] = relationship(back_populates="versions")
+    files: Mapped[list["ProcedureFile"]] = relationship(back_populates="version", order_by="ProcedureFile.id")
+
+
+class ProcedureFile(Base):
+    """A BPMN file of a version, kept verbatim (for download and drawing)."""
+
+    __tablename__ = "procedure_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("procedure_versions.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+    version: Mapped[ProcedureVersion] = relationship(back_populates="files")
+
+
+class DossierCounter(Base):
+    """Last dossier number issued by an agency on a day (gap-free codes)."""
+
+    __tablename__ = "dossier_counters"
+
+    agency_code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    last_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Dossier(Base):
+    """A dossier (hồ sơ) running on one procedure version."""
+
+    __tablename__ = "dossiers"
+    __table_args__ = (Index(None, "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    procedure_version_id: Mapped[int] = mapped_column(ForeignKey("procedure_versions.id"), index=True)
+    agency_code: Mapped[str] = mapped_column(String(64))
+    #: National portal status (TrangThaiHoSo) 1–10.
+    status: Mapped[int] = mapped_column(Integer)
+    sub_status: Mapped[str | None] = mapped_column(String(50))
+    data: Mapped[dict[str, Any]]
+    workflow_state: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime]
+    due_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+
+    version: Mapped[ProcedureVersion] = relationship()
+    __mapper_args__ = {"version_id_col": revision}
+
+
+class TaskState:
+    """States of a human task row."""
+
+    READY = "ready"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    OPEN = (READY, CLAIMED)
+
+
+class Task(Base):
+    """A human step of a dossier, as inboxes and deadline sweeps see it."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("dossier_id", "spiff_task_id"),
+        Index("ix_tasks_queue", "state", "role", "agency", "due_at"),
+        Index("ix_tasks_assignee", "assignee", "state", "due_at"),
+        Index("ix_tasks_due", "state", "due_at"),
+        Index("ix_tasks_dossier", "dossier_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dossier_id: Mapped[int] = mapped_column(ForeignKey("dossiers.id"))
+    spiff_task_id: Mapped[str] = mapped_column(String(36))
+    step_id: Mapped[str] = mapped_column(String(255))
+    step_name: Mapped[str] = mapped_column(String(500))
+    process_id: Mapped[str] = mapped_column(String(255))
+    lane: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[str | None] = mapped_column(String(100))
+    agency: Mapped[str | None] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(20))
+    assignee: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime]
+    due_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    completed_by: Mapped[str | None] = mapped_column(String(200))
+
+    dossier: Mapped[Dossier] = relationship()
+
+
+class AuditEvent(Base):
+    """Append-only record of every state change: who, what, when, from, to."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "dossier_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    dossier_id: Mapped[int | None] = mapped_column(ForeignKey("dossiers.id"))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    from_state: Mapped[str | None] = mapped_column(String(100))
+    to_state: Mapped[str | None] = mapped_column(String(100))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class CalendarOverride(Base):
+    """An administrator's extra day off or extra working day (làm bù)."""
+
+    __tablename__ = "calendar_overrides"
+
+    day: Mapped[date] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # "day_off" | "working_day"
+    note: Mapped[str | None] = mapped_column(String(500))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]

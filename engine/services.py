@@ -1,0 +1,486 @@
+"""Use cases of the engine: deploy procedures, start dossiers, complete steps.
+
+Every function takes an SQLAlchemy :class:`~sqlalchemy.orm.Session` and the
+current instant ``now`` (the core never reads the clock), commits its own unit
+of work, and raises only :mod:`engine.errors` exceptions for things a caller can
+act on. The web layers and the CLI are thin wrappers around these.
+
+Example::
+
+    with sessions() as session:
+        result = deploy(session, {"khai-sinh.bpmn": data}, actor="designer", now=now)
+        dossier = start_dossier(session, result.code, {"applicant": "Lê Thị B"}, actor="desk", now=now)
+        task = open_tasks(session, dossier.code)[0]
+        complete_task(session, task.id, {"approved": True}, actor="officer", now=now)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, time
+from decimal import Decimal
+from typing import Any, Mapping, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from .core import bpmn, runtime
+from .core.calendar import VN_TZ, WorkingCalendar
+from .core.durations import Duration
+from .errors import Conflict, DeploymentRejected, InvalidRequest, NotFound
+from .persistence.models import (
+    AuditEvent,
+    CalendarOverride,
+    Dossier,
+    DossierCounter,
+    Procedure,
+    ProcedureFile,
+    ProcedureVersion,
+    Task,
+    TaskState,
+)
+
+__all__ = [
+    "DeployResult",
+    "DossierStatus",
+    "add_calendar_override",
+    "complete_task",
+    "deploy",
+    "dossier_history",
+    "get_dossier",
+    "load_calendar",
+    "open_tasks",
+    "start_dossier",
+    "validate",
+]
+
+
+class DossierStatus:
+    """National portal statuses (TrangThaiHoSo) every dossier maps to."""
+
+    REGISTERED = 1  # mới đăng ký
+    RECEIVED = 2  # được tiếp nhận
+    REFUSED = 3  # không được tiếp nhận
+    PROCESSING = 4  # đang xử lý
+    SUPPLEMENT_REQUESTED = 5  # yêu cầu bổ sung
+    FINANCIAL_OBLIGATION = 6  # yêu cầu thực hiện nghĩa vụ tài chính
+    WITHDRAWN = 7  # công dân yêu cầu rút hồ sơ
+    STOPPED = 8  # dừng xử lý
+    PROCESSED = 9  # đã xử lý xong
+    RETURNED = 10  # đã trả kết quả
+
+    LABELS = {
+        1: "Mới đăng ký",
+        2: "Được tiếp nhận",
+        3: "Không được tiếp nhận",
+        4: "Đang xử lý",
+        5: "Yêu cầu bổ sung",
+        6: "Yêu cầu thực hiện nghĩa vụ tài chính",
+        7: "Công dân yêu cầu rút hồ sơ",
+        8: "Dừng xử lý",
+        9: "Đã xử lý xong",
+        10: "Đã trả kết quả",
+    }
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """Outcome of a deployment: which version, and whether it is new."""
+
+    code: str
+    name: str
+    version: int
+    created: bool
+    warnings: list[bpmn.Problem] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def validate(files: Mapping[str, bytes]) -> list[bpmn.Problem]:
+    """Problems of ``files`` as one procedure (empty when it would deploy)."""
+    _, problems = bpmn.analyse(files)
+    return problems
+
+
+def deploy(session: Session, files: Mapping[str, bytes], actor: str, now: datetime) -> DeployResult:
+    """Deploy ``files`` as a version of the procedure they declare.
+
+    Identical content deploys once (the same version comes back, ``created`` is
+    False); changed content becomes the next version. Raises
+    :class:`DeploymentRejected` with the problem list.
+    """
+    definition, problems = bpmn.analyse(files)
+    if definition is None:
+        raise DeploymentRejected(problems)
+    procedure = session.scalar(select(Procedure).where(Procedure.code == definition.code))
+    if procedure is not None:
+        existing = session.scalar(
+            select(ProcedureVersion).where(
+                ProcedureVersion.procedure_id == procedure.id,
+                ProcedureVersion.content_hash == definition.content_hash,
+            )
+        )
+        if existing is not None:
+            return DeployResult(procedure.code, procedure.name, existing.version, False, definition.warnings)
+    else:
+        procedure = Procedure(code=definition.code, name=definition.name, latest_version=0, created_at=now)
+        session.add(procedure)
+    procedure.name = definition.name
+    procedure.field = definition.field
+    procedure.level = definition.level
+    procedure.latest_version += 1
+    version = ProcedureVersion(
+        procedure=procedure,
+        version=procedure.latest_version,
+        content_hash=definition.content_hash,
+        process_id=definition.process_id,
+        meta=definition.metadata(),
+        spec_json=definition.spec.to_json(),
+        deployed_at=now,
+        deployed_by=actor,
+    )
+    version.files = [ProcedureFile(filename=name, content=content) for name, content in files.items()]
+    session.add(version)
+    session.flush()
+    _cache_spec(version.id, definition.spec)
+    session.add(
+        AuditEvent(
+            at=now,
+            actor=actor,
+            action="procedure.deploy",
+            subject=f"{procedure.code}@{version.version}",
+            to_state=f"version {version.version}",
+            details={"files": sorted(files), "content_hash": definition.content_hash},
+        )
+    )
+    try:
+        session.commit()
+    except IntegrityError as err:
+        session.rollback()
+        raise Conflict(
+            f"Procedure {definition.code} was deployed by someone else at the same moment; deploy again."
+        ) from err
+    return DeployResult(procedure.code, procedure.name, version.version, True, definition.warnings)
+
+
+def get_procedure(session: Session, code: str) -> Procedure:
+    procedure = session.scalar(select(Procedure).where(Procedure.code == code))
+    if procedure is None:
+        raise NotFound(f"No procedure with code {code}.")
+    return procedure
+
+
+def get_version(session: Session, code: str, version: int | None = None) -> ProcedureVersion:
+    """A version of procedure ``code``; the latest when ``version`` is None."""
+    procedure = get_procedure(session, code)
+    number = version or procedure.latest_version
+    found = session.scalar(
+        select(ProcedureVersion).where(
+            ProcedureVersion.procedure_id == procedure.id, ProcedureVersion.version == number
+        )
+    )
+    if found is None:
+        raise NotFound(f"Procedure {code} has no version {number}.")
+    return found
+
+
+# Parsed specs are shared by every dossier of a version; restoring one costs far
+# more than a step, so keep the recent ones.
+_SPEC_CACHE: "OrderedDict[int, runtime.ProcedureSpec]" = OrderedDict()
+_SPEC_CACHE_SIZE = 256
+_SPEC_LOCK = threading.Lock()
+
+
+def _cache_spec(version_id: int, spec: runtime.ProcedureSpec) -> None:
+    with _SPEC_LOCK:
+        _SPEC_CACHE[version_id] = spec
+        _SPEC_CACHE.move_to_end(version_id)
+        while len(_SPEC_CACHE) > _SPEC_CACHE_SIZE:
+            _SPEC_CACHE.popitem(last=False)
+
+
+def _spec_for(session: Session, version_id: int) -> runtime.ProcedureSpec:
+    with _SPEC_LOCK:
+        spec = _SPEC_CACHE.get(version_id)
+        if spec is not None:
+            _SPEC_CACHE.move_to_end(version_id)
+            return spec
+    text = session.scalar(select(ProcedureVersion.spec_json).where(ProcedureVersion.id == version_id))
+    if text is None:
+        raise NotFound(f"Procedure version {version_id} does not exist.")
+    spec = runtime.ProcedureSpec.from_json(text)
+    _cache_spec(version_id, spec)
+    return spec
+
+
+# --------------------------------------------------------------------------- calendar
+
+
+def load_calendar(session: Session) -> WorkingCalendar:
+    """The working calendar with the administrators' overrides."""
+    rows = session.execute(select(CalendarOverride.day, CalendarOverride.kind)).all()
+    return WorkingCalendar(
+        extra_days_off=frozenset(day for day, kind in rows if kind == "day_off"),
+        extra_working_days=frozenset(day for day, kind in rows if kind == "working_day"),
+    )
+
+
+def add_calendar_override(session: Session, day: Any, kind: str, note: str | None, actor: str, now: datetime) -> None:
+    """Declare ``day`` an extra day off (``day_off``) or working day (``working_day``)."""
+    if kind not in ("day_off", "working_day"):
+        raise InvalidRequest(f"Kind must be 'day_off' or 'working_day', not '{kind}'.")
+    row = session.get(CalendarOverride, day)
+    before = row.kind if row else None
+    if row is None:
+        row = CalendarOverride(day=day, kind=kind, note=note, created_by=actor, created_at=now)
+        session.add(row)
+    else:
+        row.kind, row.note = kind, note
+    session.add(
+        AuditEvent(at=now, actor=actor, action="calendar.override", subject=day.isoformat(), from_state=before, to_state=kind, details={"note": note})
+    )
+    session.commit()
+
+
+def due_after(calendar: WorkingCalendar, start: datetime, duration: Duration, cutoff: str | None = None) -> datetime:
+    """When ``duration`` (a deadline or allotment) that starts at ``start`` falls due."""
+    if duration.unit == "working_days":
+        return calendar.add_working_days(start, float(duration.amount))
+    if duration.unit == "working_hours":
+        return calendar.add_working_hours(start, float(duration.amount))
+    if duration.unit == "calendar_days":
+        return calendar.add_calendar_days(start, int(duration.amount))
+    hours, minutes = (int(p) for p in (cutoff or "15:00").split(":"))
+    return calendar.due_same_day(start, time(hours, minutes))
+
+
+def _duration(amount: str | None, unit: str | None) -> Duration | None:
+    if not amount or not unit:
+        return None
+    return Duration(Decimal(amount), unit)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- dossiers
+
+
+def _next_dossier_code(session: Session, agency_code: str, now: datetime) -> str:
+    """``<agency>-<yyMMdd>-<NNNN>``, gap-free per agency and day.
+
+    The counter row is updated in the dossier's own transaction: a rollback
+    gives the number back, and concurrent receipts queue on the row lock.
+    """
+    day = now.astimezone(VN_TZ).date()
+    counter = session.get(DossierCounter, (agency_code, day), with_for_update=True)
+    if counter is None:
+        counter = DossierCounter(agency_code=agency_code, day=day, last_number=0)
+        session.add(counter)
+    counter.last_number += 1
+    session.flush()
+    return f"{agency_code}-{day:%y%m%d}-{counter.last_number:04d}"
+
+
+def start_dossier(
+    session: Session,
+    procedure_code: str,
+    data: Mapping[str, Any],
+    actor: str,
+    now: datetime,
+    agency_code: str = "000.00.00.H00",
+    version: int | None = None,
+) -> Dossier:
+    """Receive a dossier for ``procedure_code`` and run it to its first human step."""
+    if not isinstance(data, Mapping):
+        raise InvalidRequest("Dossier data must be an object of field names and values.")
+    proc_version = get_version(session, procedure_code, version)
+    spec = _spec_for(session, proc_version.id)
+    try:
+        wf = runtime.start_workflow(spec, dict(data))
+    except runtime.EngineError as err:
+        raise InvalidRequest(str(err)) from err
+    except Exception as err:  # a condition failing on the given data, etc.
+        raise InvalidRequest(f"The procedure could not start with this data: {_reason(err)}") from err
+    calendar = load_calendar(session)
+    meta = proc_version.meta
+    deadline = _duration(meta.get("deadline_amount"), meta.get("deadline_unit"))
+    clock_start = calendar.next_working_instant(now)
+    dossier = Dossier(
+        code=_next_dossier_code(session, agency_code, now),
+        version=proc_version,
+        agency_code=agency_code,
+        status=DossierStatus.RECEIVED,
+        sub_status="received",
+        data=dict(data),
+        workflow_state="",
+        received_at=now,
+        due_at=due_after(calendar, now, deadline, meta.get("cutoff")) if deadline else None,
+        updated_at=now,
+    )
+    session.add(dossier)
+    session.flush()
+    _audit(session, now, actor, "dossier.receive", dossier, None, None, str(DossierStatus.RECEIVED), {"clock_start": clock_start.isoformat()})
+    _sync(session, dossier, wf, proc_version.meta, calendar, actor, now, step_completed=False)
+    session.commit()
+    return dossier
+
+
+def get_dossier(session: Session, code: str) -> Dossier:
+    dossier = session.scalar(select(Dossier).where(Dossier.code == code))
+    if dossier is None:
+        raise NotFound(f"No dossier with code {code}.")
+    return dossier
+
+
+def open_tasks(session: Session, dossier_code: str) -> list[Task]:
+    """The open human steps of a dossier, oldest first."""
+    dossier = get_dossier(session, dossier_code)
+    return list(
+        session.scalars(
+            select(Task).where(Task.dossier_id == dossier.id, Task.state.in_(TaskState.OPEN)).order_by(Task.id)
+        )
+    )
+
+
+def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor: str, now: datetime) -> Dossier:
+    """Complete an open step with its form ``data`` and move the dossier on."""
+    if not isinstance(data, Mapping):
+        raise InvalidRequest("Form data must be an object of field names and values.")
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"No task {task_id}.")
+    dossier = session.scalar(select(Dossier).where(Dossier.id == task.dossier_id).with_for_update())
+    session.refresh(task)
+    if task.state not in TaskState.OPEN:
+        raise Conflict(f"Step '{task.step_name}' of dossier {dossier.code} is already {task.state}.")
+    if task.assignee and task.assignee != actor:
+        raise Conflict(f"Step '{task.step_name}' is claimed by {task.assignee}.")
+    meta = dossier.version.meta
+    _check_form(meta, task.step_id, data)
+    spec = _spec_for(session, dossier.procedure_version_id)
+    wf = runtime.load_state(spec, dossier.workflow_state)
+    try:
+        runtime.complete_task(wf, task.spiff_task_id, dict(data))
+    except runtime.EngineError as err:
+        raise Conflict(str(err)) from err
+    except Exception as err:
+        session.rollback()
+        raise InvalidRequest(f"Step '{task.step_name}' could not be completed: {_reason(err)}") from err
+    before = task.state
+    task.state = TaskState.COMPLETED
+    task.completed_at = now
+    task.completed_by = actor
+    dossier.data = {**dossier.data, **dict(data)}
+    _audit(session, now, actor, "task.complete", dossier, task, before, TaskState.COMPLETED, {"data": dict(data)})
+    _sync(session, dossier, wf, meta, load_calendar(session), actor, now, step_completed=True)
+    try:
+        session.commit()
+    except StaleDataError as err:
+        session.rollback()
+        raise Conflict(f"Dossier {dossier.code} changed meanwhile; reload and try again.") from err
+    return dossier
+
+
+def _check_form(meta: Mapping[str, Any], step_id: str, data: Mapping[str, Any]) -> None:
+    step = meta.get("steps", {}).get(step_id, {})
+    missing = [f["label"] for f in step.get("form", []) if f.get("required") and data.get(f["id"]) in (None, "")]
+    if missing:
+        raise InvalidRequest("Required fields are missing: " + ", ".join(missing) + ".", missing=missing)
+
+
+def _sync(
+    session: Session,
+    dossier: Dossier,
+    wf: Any,
+    meta: Mapping[str, Any],
+    calendar: WorkingCalendar,
+    actor: str,
+    now: datetime,
+    step_completed: bool,
+) -> None:
+    """Store the workflow state and make the task rows match its ready steps."""
+    dossier.workflow_state = runtime.dump_state(wf)
+    dossier.updated_at = now
+    ready = {t.task_id: t for t in runtime.human_tasks(wf)}
+    known = {
+        row.spiff_task_id: row
+        for row in session.scalars(select(Task).where(Task.dossier_id == dossier.id, Task.state.in_(TaskState.OPEN)))
+    }
+    for spiff_id, row in known.items():
+        if spiff_id not in ready:  # cancelled by the workflow (e.g. a branch was cut)
+            row.state = TaskState.CANCELLED
+            row.completed_at = now
+            _audit(session, now, actor, "task.cancel", dossier, row, TaskState.READY, TaskState.CANCELLED, {})
+    steps = meta.get("steps", {})
+    for spiff_id, human in ready.items():
+        if spiff_id in known:
+            continue
+        step = steps.get(human.step_id, {})
+        allotment = _duration(step.get("allotment_amount"), step.get("allotment_unit"))
+        row = Task(
+            dossier_id=dossier.id,
+            spiff_task_id=spiff_id,
+            step_id=human.step_id,
+            step_name=human.step_name,
+            process_id=human.process_id,
+            lane=step.get("lane_name") or human.lane,
+            role=step.get("role"),
+            agency=step.get("agency"),
+            state=TaskState.READY,
+            started_at=now,
+            due_at=due_after(calendar, now, allotment) if allotment else None,
+        )
+        session.add(row)
+        session.flush()
+        _audit(session, now, actor, "task.ready", dossier, row, None, TaskState.READY, {"step": human.step_id})
+    if wf.is_completed():
+        _set_status(session, dossier, DossierStatus.PROCESSED, "processed", actor, now)
+        dossier.finished_at = now
+    elif step_completed and dossier.status == DossierStatus.RECEIVED:
+        _set_status(session, dossier, DossierStatus.PROCESSING, "processing", actor, now)
+
+
+def _set_status(session: Session, dossier: Dossier, status: int, sub_status: str, actor: str, now: datetime) -> None:
+    before = dossier.status
+    dossier.status, dossier.sub_status = status, sub_status
+    _audit(session, now, actor, "dossier.status", dossier, None, str(before), str(status), {"sub_status": sub_status})
+
+
+def _audit(
+    session: Session,
+    now: datetime,
+    actor: str,
+    action: str,
+    dossier: Dossier | None,
+    task: Task | None,
+    from_state: str | None,
+    to_state: str | None,
+    details: Mapping[str, Any],
+) -> None:
+    session.add(
+        AuditEvent(
+            at=now,
+            actor=actor,
+            action=action,
+            dossier_id=dossier.id if dossier else None,
+            task_id=task.id if task else None,
+            subject=(task.step_id if task else dossier.code if dossier else None),
+            from_state=from_state,
+            to_state=to_state,
+            details=dict(details),
+        )
+    )
+
+
+def dossier_history(session: Session, code: str) -> Sequence[AuditEvent]:
+    """Every recorded change of a dossier, in order."""
+    dossier = get_dossier(session, code)
+    return list(session.scalars(select(AuditEvent).where(AuditEvent.dossier_id == dossier.id).order_by(AuditEvent.id)))
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]
