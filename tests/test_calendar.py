@@ -14,7 +14,7 @@ import dataclasses
 import inspect
 import math
 import pickle
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -28,7 +28,6 @@ from engine.core.calendar import DEFAULT_SESSIONS, VN_TZ, WorkingCalendar
 
 CAL = WorkingCalendar()
 H8 = timedelta(hours=8)
-UTC = timezone.utc
 
 
 def vn(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0, us: int = 0) -> datetime:
@@ -103,18 +102,32 @@ def ref_between(x: datetime, y: datetime) -> timedelta:
 # --------------------------------------------------------------------------
 
 D_MIN, D_MAX = date(2024, 1, 1), date(2028, 12, 31)
-BOUNDARIES = [time(0, 0), time(7, 30), time(11, 30), time(12, 0), time(13, 0), time(17, 0), time(23, 59)]
+BOUNDARIES = [
+    time(0, 0),
+    time(7, 30),
+    time(11, 30),
+    time(12, 0),
+    time(13, 0),
+    time(17, 0),
+    time(23, 59),
+]
 
 random_instants = st.datetimes(
-    min_value=datetime(2024, 1, 1), max_value=datetime(2028, 12, 31, 23, 59, 59), timezones=st.just(VN_TZ)
+    min_value=datetime(2024, 1, 1),
+    max_value=datetime(2028, 12, 31, 23, 59, 59),
+    timezones=st.just(VN_TZ),
 )
 boundary_instants = st.builds(
-    lambda d, t: datetime.combine(d, t, tzinfo=VN_TZ), st.dates(D_MIN, D_MAX), st.sampled_from(BOUNDARIES)
+    lambda d, t: datetime.combine(d, t, tzinfo=VN_TZ),
+    st.dates(D_MIN, D_MAX),
+    st.sampled_from(BOUNDARIES),
 )
 instants = st.one_of(random_instants, boundary_instants)
 
 amounts = st.one_of(
-    st.integers(0, 60 * 8 * 60).map(lambda m: timedelta(minutes=m)),  # whole minutes: hits boundaries
+    st.integers(0, 60 * 8 * 60).map(
+        lambda m: timedelta(minutes=m)
+    ),  # whole minutes: hits boundaries
     st.integers(0, 500).map(lambda h: timedelta(hours=h)),
     st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=500)),  # microsecond resolution
 )
@@ -220,7 +233,13 @@ def test_sessions_and_working_days() -> None:
     assert CAL.sessions_on(date(2026, 3, 2)) == MON
     assert CAL.sessions_on(date(2026, 3, 7)) == ()
     assert CAL.sessions_on(date(2026, 8, 22)) == MON  # make-up Saturday
-    for d in (date(2026, 8, 31), date(2026, 9, 1), date(2026, 9, 2), date(2026, 11, 24), date(2027, 5, 3)):
+    for d in (
+        date(2026, 8, 31),
+        date(2026, 9, 1),
+        date(2026, 9, 2),
+        date(2026, 11, 24),
+        date(2027, 5, 3),
+    ):
         assert not CAL.is_working_day(d)
     assert all(not CAL.is_working_day(date(2027, 2, d)) for d in range(4, 11))
     assert CAL.is_working_day(date(2027, 2, 11))
@@ -429,7 +448,7 @@ def test_naive_datetime_rejected(call) -> None:
         call(datetime(2026, 3, 2, 9))
 
 
-@pytest.mark.parametrize("bad", [-1, -0.5, math.nan, math.inf, Decimal("-1")])
+@pytest.mark.parametrize("bad", [-1, -0.5, math.nan, math.inf, Decimal(-1)])
 def test_negative_or_invalid_amounts(bad: float) -> None:
     with pytest.raises(ValueError):
         CAL.add_working_days(vn(2026, 3, 2, 9), bad)
@@ -474,9 +493,9 @@ def test_lazy_years_consistent() -> None:
     late = cal.add_working_days(vn(2090, 12, 20, 9), 10)
     fresh = WorkingCalendar(extra_days_off=frozenset({date(1995, 6, 1)}))
     assert fresh.add_working_days(vn(2090, 12, 20, 9), 10) == late
-    assert early == WorkingCalendar(extra_days_off=frozenset({date(1995, 6, 1)})).working_time_between(
-        vn(1990, 1, 1), vn(2026, 3, 2, 9)
-    )
+    assert early == WorkingCalendar(
+        extra_days_off=frozenset({date(1995, 6, 1)})
+    ).working_time_between(vn(1990, 1, 1), vn(2026, 3, 2, 9))
     assert cal.add_working_days(vn(1990, 1, 25, 9), 1) == vn(1990, 1, 30, 9)  # Tết 1990: 26-29/1
 
 
@@ -558,14 +577,16 @@ HOLIDAYS_2024_2028 = sorted(d for d in REF_HOLIDAYS if D_MIN <= d <= D_MAX and d
 
 
 @PROPS
-@given(st.sampled_from(HOLIDAYS_2024_2028), st.sampled_from(BOUNDARIES), st.sampled_from(BOUNDARIES))
+@given(
+    st.sampled_from(HOLIDAYS_2024_2028), st.sampled_from(BOUNDARIES), st.sampled_from(BOUNDARIES)
+)
 def test_holidays_never_counted(d: date, t1: time, t2: time) -> None:
     a, b = sorted((datetime.combine(d, t1, tzinfo=VN_TZ), datetime.combine(d, t2, tzinfo=VN_TZ)))
     assert not CAL.is_working_day(d)
     assert CAL.working_time_between(a, b) == timedelta(0)
-    assert CAL.working_time_between(vn(d.year, d.month, d.day), vn(d.year, d.month, d.day) + timedelta(days=1)) == (
-        timedelta(0)
-    )
+    assert CAL.working_time_between(
+        vn(d.year, d.month, d.day), vn(d.year, d.month, d.day) + timedelta(days=1)
+    ) == (timedelta(0))
     assert CAL.next_working_instant(a).date() != d
 
 
@@ -598,7 +619,9 @@ def test_next_working_instant_property(t: datetime) -> None:
 
 @PROPS
 @given(instants, amounts, st.floats(0, 1), st.timedeltas(timedelta(0), timedelta(days=30)))
-def test_resume_due_keeps_remaining_time(s: datetime, d: timedelta, frac: float, pause: timedelta) -> None:
+def test_resume_due_keeps_remaining_time(
+    s: datetime, d: timedelta, frac: float, pause: timedelta
+) -> None:
     due = CAL.add_working_time(s, d)
     paused_at = s + (due - s) * frac
     resumed_at = paused_at + pause

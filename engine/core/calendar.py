@@ -63,18 +63,18 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import holidays
 
 __all__ = [
-    "VN_TZ",
     "DEFAULT_SESSIONS",
-    "WorkingCalendar",
-    "Session",
+    "VN_TZ",
     "DaySessions",
+    "Session",
+    "WorkingCalendar",
 ]
 
 #: The zone of every result: Vietnam (UTC+07:00, no daylight saving time).
@@ -157,14 +157,18 @@ def _check_day(day: Iterable[Any], where: str) -> DaySessions:
         try:
             start, end = item
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: a session must be a (start, end) pair, got {item!r}") from None
+            raise ValueError(
+                f"{where}: a session must be a (start, end) pair, got {item!r}"
+            ) from None
         for t in (start, end):
             if not isinstance(t, time):
-                raise ValueError(f"{where}: session bounds must be datetime.time, got {t!r}")
+                raise TypeError(f"{where}: session bounds must be datetime.time, got {t!r}")
             if t.tzinfo is not None:
                 raise ValueError(f"{where}: session times must be naive (wall clock), got {t!r}")
         if not start < end:
-            raise ValueError(f"{where}: session {_format_day(((start, end),))} ends before it starts")
+            raise ValueError(
+                f"{where}: session {_format_day(((start, end),))} ends before it starts"
+            )
         if out and start < out[-1][1]:
             raise ValueError(
                 f"{where}: session {_format_day(((start, end),))} overlaps or precedes "
@@ -178,11 +182,15 @@ def _coerce_sessions(value: Any) -> _SessionTable:
     if isinstance(value, _SessionTable):
         return value
     if not isinstance(value, Mapping):
-        raise TypeError(f"sessions must be a mapping weekday -> sessions, got {type(value).__name__}")
+        raise TypeError(
+            f"sessions must be a mapping weekday -> sessions, got {type(value).__name__}"
+        )
     days: list[DaySessions] = [() for _ in range(7)]
     for key, day in value.items():
         if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key < 7:
-            raise ValueError(f"sessions: weekday keys must be integers 0 (Monday) .. 6 (Sunday), got {key!r}")
+            raise ValueError(
+                f"sessions: weekday keys must be integers 0 (Monday) .. 6 (Sunday), got {key!r}"
+            )
         if isinstance(day, str):
             days[key] = WorkingCalendar.parse_sessions(day)
         else:
@@ -211,7 +219,7 @@ DEFAULT_SESSIONS: Mapping[int, DaySessions] = _SessionTable((_STD, _STD, _STD, _
 # --------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _country_years(country: str) -> tuple[int, int]:
     """First and last year the holidays package knows for ``country``."""
     h = holidays.country_holidays(country)
@@ -221,7 +229,7 @@ def _country_years(country: str) -> tuple[int, int]:
 @lru_cache(maxsize=1024)
 def _raw_year(country: str, year: int) -> tuple[frozenset[date], frozenset[date]]:
     h = holidays.country_holidays(country, years=year)
-    offs = frozenset(d for d in h.keys() if d.year == year)
+    offs = frozenset(d for d in h if d.year == year)
     workdays = frozenset(getattr(h, "weekend_workdays", ()) or ())
     return offs, workdays
 
@@ -255,7 +263,9 @@ def _coords(t: datetime, name: str = "datetime") -> tuple[int, int]:
                 f"{name} {t!r} is naive; pass a timezone-aware datetime (e.g. tzinfo=VN_TZ)"
             )
         t = t.astimezone(VN_TZ)
-    return t.toordinal(), ((t.hour * 60 + t.minute) * 60 + t.second) * _US_PER_SECOND + t.microsecond
+    return t.toordinal(), (
+        (t.hour * 60 + t.minute) * 60 + t.second
+    ) * _US_PER_SECOND + t.microsecond
 
 
 def _make(ordinal: int, tod: int) -> datetime:
@@ -295,7 +305,9 @@ def _scaled_us(amount: Any, unit_us: int, unit_td: timedelta, name: str) -> int:
         if amount < 0:
             raise ValueError(f"{name} must not be negative, got {amount}")
         return round(Fraction(amount) * unit_us)
-    raise TypeError(f"{name} must be an int, float, Decimal or Fraction, got {type(amount).__name__}")
+    raise TypeError(
+        f"{name} must be an int, float, Decimal or Fraction, got {type(amount).__name__}"
+    )
 
 
 class _Table:
@@ -306,7 +318,7 @@ class _Table:
     are never rebased when the range grows, only indices shift.
     """
 
-    __slots__ = ("lo", "end", "first_year", "last_year", "cum", "pats", "ymd")
+    __slots__ = ("cum", "end", "first_year", "last_year", "lo", "pats", "ymd")
 
     def __init__(
         self,
@@ -358,7 +370,9 @@ class WorkingCalendar:
     def __post_init__(self) -> None:
         table = _coerce_sessions(self.sessions)
         object.__setattr__(self, "sessions", table)
-        object.__setattr__(self, "extra_days_off", _coerce_dates(self.extra_days_off, "extra_days_off"))
+        object.__setattr__(
+            self, "extra_days_off", _coerce_dates(self.extra_days_off, "extra_days_off")
+        )
         object.__setattr__(
             self, "extra_working_days", _coerce_dates(self.extra_working_days, "extra_working_days")
         )
@@ -367,7 +381,9 @@ class WorkingCalendar:
         try:
             first, last = _country_years(self.country)
         except NotImplementedError:
-            raise ValueError(f"the holidays package does not support country {self.country!r}") from None
+            raise ValueError(
+                f"the holidays package does not support country {self.country!r}"
+            ) from None
         if not table[0]:
             raise ValueError("Monday must have sessions: they define the standard working day")
         pats = tuple(tuple((_time_us(s), _time_us(e)) for s, e in table[k]) for k in range(7))
@@ -440,7 +456,9 @@ class WorkingCalendar:
     def sessions_on(self, d: date) -> DaySessions:
         """The sessions that apply on date ``d`` (empty for a day off)."""
         if not isinstance(d, date) or isinstance(d, datetime):
-            raise TypeError(f"expected a date, got {type(d).__name__}; use dt.astimezone(VN_TZ).date()")
+            raise TypeError(
+                f"expected a date, got {type(d).__name__}; use dt.astimezone(VN_TZ).date()"
+            )
         self._check_year(d.year)
         offs, makeups = _year_days(self.country, d.year)
         k = self._kind(d, offs, makeups)
@@ -556,7 +574,7 @@ class WorkingCalendar:
         tab = self._table_for(ordinal)
         for s, e in tab.pats[ordinal - tab.lo]:
             if tod < e:
-                return _make(ordinal, s if tod < s else tod)
+                return _make(ordinal, max(tod, s))
         tab, j = self._next_day(ordinal)
         return _make(tab.lo + j, tab.pats[j][0][0])
 

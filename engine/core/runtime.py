@@ -33,6 +33,7 @@ from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter, WorkflowConverter
 from SpiffWorkflow.bpmn.serializer.helpers.encoder import create_encoder
 from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import SubWorkflowTask
+from SpiffWorkflow.bpmn.specs.mixins.unstructured_join import UnstructuredJoin
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.camunda.parser import CamundaParser
 from SpiffWorkflow.camunda.serializer import DEFAULT_CONFIG as CAMUNDA_SERIALIZER_CONFIG
@@ -211,9 +212,12 @@ def prune_finished(wf: BpmnWorkflow) -> int:
 def _prune_one(top: BpmnWorkflow, wf: Any) -> int:
     tasks = wf.tasks
     root = wf.task_tree
+    # A join that is collecting branches (an instance WAITING) remembers the
+    # branches already in by its finished instances and their parents.
+    collecting = {t.task_spec for t in tasks.values() if t.state == TaskState.WAITING and isinstance(t.task_spec, UnstructuredJoin)}
     keep: set[UUID] = set()
     for task in tasks.values():
-        if not task.has_state(_FINISHED):
+        if not task.has_state(_FINISHED) or task.task_spec in collecting:
             node = task
             while node is not None and node.id not in keep:
                 keep.add(node.id)
