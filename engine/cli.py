@@ -272,6 +272,16 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
 
 
 @main.command()
+@click.option("--quick", is_flag=True, help="Smaller data, a run of about a minute.")
+@click.option("--postgres", "postgres_url", envvar="MOTCUA_BENCH_POSTGRES_URL", default=None, help="PostgreSQL URL of a scratch database (its public schema is dropped).")
+def bench(quick: bool, postgres_url: str | None) -> None:
+    """Benchmark the engine; prints JSON and a table of medians."""
+    from . import bench as bench_module
+
+    bench_module.main(quick=quick, postgres_url=postgres_url)
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--no-serve", is_flag=True, help="Set up the demo data and stop.")

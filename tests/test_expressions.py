@@ -81,7 +81,10 @@ DATA: dict[str, Any] = {
         ("min(3, 1, 2)", 1),
         ("sum(scores)", 14.5),
         ("abs(-7)", 7),
-        ("round(2.675, 1)", 2.7),  # binary float: 2.675 is 2.67499..., rounds to 2.7 at 1 digit
+        (
+            "round(2.675, 1)",
+            2.7,
+        ),  # binary float: 2.675 is 2.67499..., rounds to 2.7 at 1 digit
         ("round(7.5)", 8),
         ('int("42") + 1', 43),
         ('float("2.5") * 2', 5.0),
@@ -127,9 +130,26 @@ def test_evaluate_does_not_modify_data() -> None:
 
 def test_functions_are_the_documented_set() -> None:
     assert set(FUNCTIONS) == {
-        "len", "min", "max", "abs", "round", "int", "float", "str", "bool",
-        "lower", "upper", "strip", "contains", "startswith", "endswith",
-        "date", "days_between", "sum", "any", "all",
+        "len",
+        "min",
+        "max",
+        "abs",
+        "round",
+        "int",
+        "float",
+        "str",
+        "bool",
+        "lower",
+        "upper",
+        "strip",
+        "contains",
+        "startswith",
+        "endswith",
+        "date",
+        "days_between",
+        "sum",
+        "any",
+        "all",
     }
     with pytest.raises(TypeError):
         FUNCTIONS["eval"] = eval  # type: ignore[index]
@@ -208,8 +228,44 @@ HOSTILE_EXPRESSIONS = [
     "-" * 1500 + "1",
     "[" * 60 + "]" * 60,
     "+".join(["x"] * 5000),  # ~10 kB expression
-    "x + " * 400 + "x",  # under 2,000 characters but too many elements
+    "x + " * 400 + "x",  # under 2,000 characters but nested 400 deep
+    "[" + "x," * 600 + "]",  # under 2,000 characters but too many elements
 ]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("(" * 5000 + "1" + ")" * 5000, "too long"),
+        ("-" * 100000 + "1", "too long"),
+        ("x" * 2001, "too long"),
+        ("(" * 300 + "1" + ")" * 300, "Syntax error"),
+        ("-" * 1500 + "1", "nested too deeply"),
+        ("x + " * 400 + "x", "nested too deeply"),
+        ("[" + "x," * 600 + "]", "too complex"),
+    ],
+    ids=[
+        "parens-10k",
+        "minus-100k",
+        "2001-chars",
+        "parens-300",
+        "minus-1500",
+        "sum-400",
+        "list-600",
+    ],
+)
+def test_size_limits_have_specific_messages(text: str, fragment: str) -> None:
+    [problem] = check_expression(text)
+    assert fragment in problem.message
+
+
+def test_within_limits_is_accepted() -> None:
+    assert (
+        evaluate("(" * 100 + "1" + ")" * 100, {}) == 1
+    )  # parentheses do not nest the tree
+    assert evaluate("-" * 40 + "1", {}) == 1
+    assert evaluate("[" + "x," * 400 + "]", {"x": 0}) == [0] * 400
+    assert evaluate("len('" + "é" * 1990 + "')", {}) == 1990
 
 
 @pytest.mark.parametrize("text", HOSTILE_EXPRESSIONS, ids=lambda t: repr(t)[:40])
@@ -244,7 +300,9 @@ def test_hostile_code_never_runs(tmp_path: Path) -> None:
     assert not sentinel.exists()
 
 
-def test_python_eval_exec_compile_are_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_eval_exec_compile_are_never_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Python's code paths are never reached: only compile-to-AST is allowed."""
 
     def forbidden(*args: Any, **kwargs: Any) -> Any:
@@ -252,7 +310,9 @@ def test_python_eval_exec_compile_are_never_used(monkeypatch: pytest.MonkeyPatch
 
     real_compile = builtins.compile
 
-    def ast_only_compile(source: Any, filename: Any, mode: str, flags: int = 0, *args: Any, **kwargs: Any) -> Any:
+    def ast_only_compile(
+        source: Any, filename: Any, mode: str, flags: int = 0, *args: Any, **kwargs: Any
+    ) -> Any:
         if not flags & ast.PyCF_ONLY_AST:
             raise AssertionError("compile to code must not be called")
         return real_compile(source, filename, mode, flags, *args, **kwargs)
@@ -262,13 +322,19 @@ def test_python_eval_exec_compile_are_never_used(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(builtins, "compile", ast_only_compile)
     unique = time.perf_counter_ns()  # fresh texts, not served from the cache
     assert evaluate(f"amount * 2 + {unique} - {unique}", {"amount": 21}) == 42
-    assert run_script(f"a = {unique}\nb = a - {unique} + 1", {}) == {"a": unique, "b": 1}
+    assert run_script(f"a = {unique}\nb = a - {unique} + 1", {}) == {
+        "a": unique,
+        "b": 1,
+    }
     assert check_expression(f"__import__('os') or {unique}")
 
 
 def test_attribute_message_is_actionable() -> None:
     [problem] = check_expression("applicant.address")
-    assert problem.message == "Attribute access 'applicant.address' is not allowed; use applicant[\"address\"] for nested data."
+    assert (
+        problem.message
+        == "Attribute access 'applicant.address' is not allowed; use applicant[\"address\"] for nested data."
+    )
     assert (problem.line, problem.column) == (1, 1)
 
 
@@ -349,7 +415,9 @@ def test_non_text_is_a_problem_not_a_crash() -> None:
         ("x is None", {"x": 1}, None),  # valid; evaluates to False
     ],
 )
-def test_evaluation_errors(text: str, data: dict[str, Any], fragment: str | None) -> None:
+def test_evaluation_errors(
+    text: str, data: dict[str, Any], fragment: str | None
+) -> None:
     assert check_expression(text) == []
     started = time.perf_counter()
     if fragment is None:
@@ -412,7 +480,10 @@ def test_run_script_returns_assignments_without_touching_data() -> None:
 
 
 def test_run_script_later_lines_see_earlier_ones_and_can_shadow_data() -> None:
-    assert run_script("amount = amount + 1\ndouble = amount * 2", {"amount": 1}) == {"amount": 2, "double": 4}
+    assert run_script("amount = amount + 1\ndouble = amount * 2", {"amount": 1}) == {
+        "amount": 2,
+        "double": 4,
+    }
     assert run_script("", {}) == {}
 
 
@@ -479,23 +550,128 @@ HYPOTHESIS_DATA: dict[str, Any] = {
 }
 
 TOKENS = [
-    "a", "b", "s", "l", "d", "n", "t", "big", "zz", "_p", "__class__",
-    "0", "1", "2", "-1", "100", "10**30", "9", "1e308", "0.5", "'x'", '"k"', "''", "True", "None",
-    "+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", "<=", ">", ">=",
-    "and", "or", "not", "in", "is", "if", "else", "for", "lambda", ":", ":=",
-    "(", ")", "[", "]", "{", "}", ",", ".", "=", "*", "**", "~", "<<", "|",
-    "len", "min", "max", "abs", "round", "int", "float", "str", "bool", "lower", "upper",
-    "strip", "contains", "startswith", "endswith", "date", "days_between", "sum", "any", "all",
-    "__import__", "eval", "open", "getattr", "type",
+    "a",
+    "b",
+    "s",
+    "l",
+    "d",
+    "n",
+    "t",
+    "big",
+    "zz",
+    "_p",
+    "__class__",
+    "0",
+    "1",
+    "2",
+    "-1",
+    "100",
+    "10**30",
+    "9",
+    "1e308",
+    "0.5",
+    "'x'",
+    '"k"',
+    "''",
+    "True",
+    "None",
+    "+",
+    "-",
+    "*",
+    "/",
+    "//",
+    "%",
+    "**",
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "and",
+    "or",
+    "not",
+    "in",
+    "is",
+    "if",
+    "else",
+    "for",
+    "lambda",
+    ":",
+    ":=",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ".",
+    "=",
+    "*",
+    "**",
+    "~",
+    "<<",
+    "|",
+    "len",
+    "min",
+    "max",
+    "abs",
+    "round",
+    "int",
+    "float",
+    "str",
+    "bool",
+    "lower",
+    "upper",
+    "strip",
+    "contains",
+    "startswith",
+    "endswith",
+    "date",
+    "days_between",
+    "sum",
+    "any",
+    "all",
+    "__import__",
+    "eval",
+    "open",
+    "getattr",
+    "type",
 ]
 
 token_soup = st.lists(st.sampled_from(TOKENS), max_size=25).map(" ".join)
 
 ATOMS = st.sampled_from(
-    ["a", "b", "s", "l", "d", "n", "t", "big", "zz", "0", "1", "7", "-3", "2.5", "100",
-     "10**30", "'x'", '"2024-05-31"', "True", "None", "[]", "[1, 2]", '{"k": 1}']
+    [
+        "a",
+        "b",
+        "s",
+        "l",
+        "d",
+        "n",
+        "t",
+        "big",
+        "zz",
+        "0",
+        "1",
+        "7",
+        "-3",
+        "2.5",
+        "100",
+        "10**30",
+        "'x'",
+        '"2024-05-31"',
+        "True",
+        "None",
+        "[]",
+        "[1, 2]",
+        '{"k": 1}',
+    ]
 )
-BINARY = st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "==", "<", ">=", "in", "and", "or"])
+BINARY = st.sampled_from(
+    ["+", "-", "*", "/", "//", "%", "**", "==", "<", ">=", "in", "and", "or"]
+)
 FUNCTION_NAMES = st.sampled_from(sorted(FUNCTIONS))
 
 
@@ -507,7 +683,9 @@ def _extend(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
         ),
         st.tuples(children, children).map(lambda p: f"{p[0]}[{p[1]}]"),
         st.lists(children, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]"),
-        st.tuples(children, children, children).map(lambda p: f"({p[0]} if {p[1]} else {p[2]})"),
+        st.tuples(children, children, children).map(
+            lambda p: f"({p[0]} if {p[1]} else {p[2]})"
+        ),
         children.map(lambda c: f"(not {c})"),
         children.map(lambda c: f"-{c}"),
     )
@@ -605,7 +783,9 @@ def _bpmn(high: str, low: str, script: str) -> bytes:
 def _run_workflow(xml: bytes, data: dict[str, Any]) -> BpmnWorkflow:
     parser = BpmnParser()
     parser.add_bpmn_str(xml)
-    workflow = BpmnWorkflow(parser.get_spec("fee_check"), script_engine=SafeScriptEngine())
+    workflow = BpmnWorkflow(
+        parser.get_spec("fee_check"), script_engine=SafeScriptEngine()
+    )
     [start] = workflow.get_tasks(state=TaskState.READY)
     start.data.update(data)
     workflow.do_engine_steps()
@@ -613,12 +793,20 @@ def _run_workflow(xml: bytes, data: dict[str, Any]) -> BpmnWorkflow:
 
 
 def _completed(workflow: BpmnWorkflow) -> set[str]:
-    return {task.task_spec.name for task in workflow.get_tasks(state=TaskState.COMPLETED)}
+    return {
+        task.task_spec.name for task in workflow.get_tasks(state=TaskState.COMPLETED)
+    }
 
 
-@pytest.mark.parametrize(("amount", "end", "total"), [(150, "end_high", 300), (100, "end_low", 200), (7, "end_low", 14)])
+@pytest.mark.parametrize(
+    ("amount", "end", "total"),
+    [(150, "end_high", 300), (100, "end_low", 200), (7, "end_low", 14)],
+)
 def test_engine_routes_with_safe_conditions(amount: int, end: str, total: int) -> None:
-    workflow = _run_workflow(_bpmn("amount &gt; 100", "amount &lt;= 100", "total = amount * 2"), {"amount": amount})
+    workflow = _run_workflow(
+        _bpmn("amount &gt; 100", "amount &lt;= 100", "total = amount * 2"),
+        {"amount": amount},
+    )
     assert workflow.is_completed()
     assert end in _completed(workflow)
     assert ({"end_high", "end_low"} - {end}).isdisjoint(_completed(workflow))
@@ -627,7 +815,11 @@ def test_engine_routes_with_safe_conditions(amount: int, end: str, total: int) -
 
 def test_engine_refuses_hostile_condition(tmp_path: Path) -> None:
     sentinel = tmp_path / "pwned"
-    xml = _bpmn(f"__import__('os').system('touch {sentinel}')", "amount &lt;= 100", "total = amount * 2")
+    xml = _bpmn(
+        f"__import__('os').system('touch {sentinel}')",
+        "amount &lt;= 100",
+        "total = amount * 2",
+    )
     with pytest.raises(WorkflowTaskException) as info:
         _run_workflow(xml, {"amount": 5})
     assert isinstance(info.value.__cause__, ExpressionError)
@@ -636,7 +828,11 @@ def test_engine_refuses_hostile_condition(tmp_path: Path) -> None:
 
 def test_engine_refuses_hostile_script(tmp_path: Path) -> None:
     sentinel = tmp_path / "pwned"
-    xml = _bpmn("amount &gt; 100", "amount &lt;= 100", f"import os\nos.system('touch {sentinel}')")
+    xml = _bpmn(
+        "amount &gt; 100",
+        "amount &lt;= 100",
+        f"import os\nos.system('touch {sentinel}')",
+    )
     with pytest.raises(WorkflowTaskException):
         _run_workflow(xml, {"amount": 5})
     xml = _bpmn("amount &gt; 100", "amount &lt;= 100", "total = amount\nx = missing")
@@ -651,7 +847,9 @@ def test_engine_validate_evaluate_and_services() -> None:
     engine.validate("amount > 1")
     with pytest.raises(ExpressionError):
         engine.validate("amount.x > 1")
-    with pytest.raises(SyntaxError):  # unparsable text is also a SyntaxError (DMN relies on it)
+    with pytest.raises(
+        SyntaxError
+    ):  # unparsable text is also a SyntaxError (DMN relies on it)
         engine.validate("> 5")
     task = SimpleNamespace(data={"urgent": True})
     assert engine.evaluate(task, "'PT4H' if urgent else 'P3D'") == "PT4H"

@@ -229,6 +229,13 @@ def content_hash(files: Mapping[str, bytes]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
+_DOCTYPE_MARKERS = [m.encode(enc) for m in ("<!DOCTYPE", "<!doctype", "<!ENTITY") for enc in ("utf-8", "utf-16-le", "utf-16-be")]
+
+
+def _doctype_problem(filename: str) -> Problem:
+    return Problem("A DOCTYPE declaration (DTD, XML entities) is not allowed in a BPMN file; remove it.", line=1, file=filename)
+
+
 def _xml_parser() -> etree.XMLParser:
     return etree.XMLParser(
         resolve_entities=False,
@@ -246,6 +253,8 @@ def parse_xml(content: bytes, filename: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(f"File is {len(content):,} bytes; the limit is {MAX_FILE_BYTES:,} bytes.", file=filename)]
     if not content.strip():
         return None, [Problem("File is empty.", file=filename)]
+    if any(marker in content for marker in _DOCTYPE_MARKERS):
+        return None, [_doctype_problem(filename)]
     try:
         root = etree.fromstring(content, _xml_parser())
     except etree.XMLSyntaxError as err:
@@ -255,7 +264,7 @@ def parse_xml(content: bytes, filename: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(f"The file cannot be read as XML: {err}.", file=filename)]
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
-        return None, [Problem("A DOCTYPE declaration (DTD, XML entities) is not allowed in a BPMN file; remove it.", line=1, file=filename)]
+        return None, [_doctype_problem(filename)]
     if root.tag != _b("definitions"):
         return None, [Problem(f"The root element is <{etree.QName(root).localname}>, not <bpmn:definitions> of BPMN 2.0 ({BPMN_NS}).", line=root.sourceline, file=filename)]
     return root, []

@@ -42,32 +42,32 @@ Functions
 ---------
 Only these functions can be called, by name, with positional arguments:
 
-=========================  ===================================================
-``len(x)``                 length of a text, list or dictionary
-``min(a, b, ...)``         smallest argument, or smallest item of one list
-``max(a, b, ...)``         largest argument, or largest item of one list
-``abs(n)``                 absolute value
-``round(n)``               round to an integer; ``round(n, digits)`` keeps
-                           ``digits`` decimals (``|digits| <= 30``)
-``int(x)``                 integer from a number or a text such as ``"42"``
-``float(x)``               decimal number from a number or a text
-``str(x)``                 text of a single value (text, number, boolean,
-                           None, date -> ISO ``YYYY-MM-DD``)
-``bool(x)``                truth value
-``lower(s)``, ``upper(s)``  lower / upper case of a text
-``strip(s)``               text without surrounding white space
-``contains(h, n)``         ``True`` if text ``h`` contains text ``n``, or list /
-                           dictionary ``h`` contains item / key ``n``
-``startswith(s, p)``       ``True`` if text ``s`` starts with ``p``
-``endswith(s, p)``         ``True`` if text ``s`` ends with ``p``
-``date(x)``                a date from an ISO text ``"2024-05-31"`` (a time
-                           part such as ``"2024-05-31T08:00:00"`` is ignored)
-``days_between(d1, d2)``   calendar days from ``d1`` to ``d2`` (``d2 - d1``,
-                           negative if ``d2`` is earlier); ISO texts or dates
-``sum(values)``            total of a list of numbers
-``any(values)``            ``True`` if any item of a list is true
-``all(values)``            ``True`` if every item of a list is true
-=========================  ===================================================
+============================  ==================================================
+``len(x)``                    length of a text, list or dictionary
+``min(a, b, ...)``            smallest argument, or smallest item of one list
+``max(a, b, ...)``            largest argument, or largest item of one list
+``abs(n)``                    absolute value
+``round(n)``                  round to an integer; ``round(n, digits)`` keeps
+                              ``digits`` decimals (``|digits| <= 30``)
+``int(x)``                    integer from a number or a text such as ``"42"``
+``float(x)``                  decimal number from a number or a text
+``str(x)``                    text of a single value (text, number, boolean,
+                              None, date -> ISO ``YYYY-MM-DD``)
+``bool(x)``                   truth value
+``lower(s)``, ``upper(s)``    lower / upper case of a text
+``strip(s)``                  text without surrounding white space
+``contains(h, n)``            ``True`` if text ``h`` contains text ``n``, or list /
+                              dictionary ``h`` contains item / key ``n``
+``startswith(s, p)``          ``True`` if text ``s`` starts with ``p``
+``endswith(s, p)``            ``True`` if text ``s`` ends with ``p``
+``date(x)``                   a date from an ISO text ``"2024-05-31"`` (a time
+                              part such as ``"2024-05-31T08:00:00"`` is ignored)
+``days_between(d1, d2)``      calendar days from ``d1`` to ``d2`` (``d2 - d1``,
+                              negative if ``d2`` is earlier); ISO texts or dates
+``sum(values)``               total of a list of numbers
+``any(values)``               ``True`` if any item of a list is true
+``all(values)``               ``True`` if every item of a list is true
+============================  ==================================================
 
 Functions and fields live in separate name spaces: ``len(x)`` calls the
 function, a bare ``len`` would be a field called ``len``.  Functions cannot be
@@ -107,7 +107,9 @@ Limits
   items.  Any list, tuple or dictionary built by an expression may hold at
   most 100,000 values in total, counting nested values and text characters.
 
-Breaking a limit, an unknown field, a missing key, a type mismatch or a
+A calculation made only of literals (``2 ** 1000``, ``"a" * 10**9``,
+``1 / 0``) is computed when the text is checked, so such mistakes are
+reported at deploy time.  Otherwise breaking a limit, an unknown field, a missing key, a type mismatch or a
 division by zero raises :class:`ExpressionError` at run time.
 
 Examples
@@ -148,24 +150,26 @@ from typing import Any, Literal
 import simpleeval
 from SpiffWorkflow.bpmn.exceptions import WorkflowTaskException
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
-from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
+from SpiffWorkflow.bpmn.script_engine.python_environment import (
+    BasePythonScriptEngineEnvironment,
+)
 
 __all__ = [
-    "ExpressionProblem",
+    "FUNCTIONS",
+    "MAX_DEPTH",
+    "MAX_EXPONENT",
+    "MAX_INT",
+    "MAX_NODES",
+    "MAX_SEQUENCE_LENGTH",
+    "MAX_TEXT_LENGTH",
+    "MAX_VALUE_SIZE",
     "ExpressionError",
+    "ExpressionProblem",
+    "SafeScriptEngine",
     "check_expression",
     "check_script",
     "evaluate",
     "run_script",
-    "FUNCTIONS",
-    "SafeScriptEngine",
-    "MAX_TEXT_LENGTH",
-    "MAX_NODES",
-    "MAX_DEPTH",
-    "MAX_INT",
-    "MAX_EXPONENT",
-    "MAX_SEQUENCE_LENGTH",
-    "MAX_VALUE_SIZE",
 ]
 
 # --------------------------------------------------------------------------
@@ -187,7 +191,9 @@ MAX_SEQUENCE_LENGTH: int = 10_000
 MAX_VALUE_SIZE: int = 100_000
 """Largest total size (nested values and text characters) of a built value."""
 
-_MAX_RAW_LENGTH = 5 * MAX_TEXT_LENGTH  # longer raw text is refused before any processing
+_MAX_RAW_LENGTH = (
+    5 * MAX_TEXT_LENGTH
+)  # longer raw text is refused before any processing
 _MAX_CONVERSION_LENGTH = 100  # longest text int()/float()/date() will convert
 _MAX_ROUND_DIGITS = 30
 _MAX_PROBLEMS = 20
@@ -322,7 +328,9 @@ def _need_number(func: str, value: object) -> int | float:
 def _fn_len(value: Any) -> int:
     if isinstance(value, (str, list, tuple, Mapping)):
         return len(value)
-    raise _Failure(f"len() needs a text, a list or a dictionary, got {_type_name(value)}")
+    raise _Failure(
+        f"len() needs a text, a list or a dictionary, got {_type_name(value)}"
+    )
 
 
 def _extremum(func: str, chooser: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -356,14 +364,18 @@ def _fn_round(value: Any, digits: Any = None) -> int | float:
             raise _Failure("round() cannot round an infinite or undefined number")
         return _check_int(round(number))
     if not isinstance(digits, int) or abs(digits) > _MAX_ROUND_DIGITS:
-        raise _Failure(f"round() needs a whole number of digits between -{_MAX_ROUND_DIGITS} and {_MAX_ROUND_DIGITS}")
+        raise _Failure(
+            f"round() needs a whole number of digits between -{_MAX_ROUND_DIGITS} and {_MAX_ROUND_DIGITS}"
+        )
     return _check_int(round(number, digits))
 
 
 def _conversion_text(func: str, value: str) -> str:
     text = value.strip()
     if len(text) > _MAX_CONVERSION_LENGTH:
-        raise _Failure(f"{func}() cannot convert a text longer than {_MAX_CONVERSION_LENGTH} characters")
+        raise _Failure(
+            f"{func}() cannot convert a text longer than {_MAX_CONVERSION_LENGTH} characters"
+        )
     return text
 
 
@@ -373,7 +385,9 @@ def _fn_int(value: Any) -> int:
         try:
             return _check_int(int(text))
         except ValueError:
-            raise _Failure(f"int() cannot convert {_shorten(repr(text), 40)} to an integer") from None
+            raise _Failure(
+                f"int() cannot convert {_shorten(repr(text), 40)} to an integer"
+            ) from None
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _Failure("int() cannot convert an infinite or undefined number")
@@ -389,7 +403,9 @@ def _fn_float(value: Any) -> float:
         try:
             return float(text)
         except ValueError:
-            raise _Failure(f"float() cannot convert {_shorten(repr(text), 40)} to a number") from None
+            raise _Failure(
+                f"float() cannot convert {_shorten(repr(text), 40)} to a number"
+            ) from None
     if _is_number(value):
         try:
             return float(value)
@@ -403,7 +419,9 @@ def _fn_str(value: Any) -> str:
         return value.isoformat()
     if value is None or isinstance(value, (str, int, float)):
         return str(value)
-    raise _Failure(f"str() needs a single value (text, number, boolean, date), got {_type_name(value)}")
+    raise _Failure(
+        f"str() needs a single value (text, number, boolean, date), got {_type_name(value)}"
+    )
 
 
 def _fn_bool(value: Any) -> bool:
@@ -430,7 +448,9 @@ def _fn_contains(haystack: Any, needle: Any) -> bool:
             return needle in haystack
         except TypeError:  # unhashable key for a dictionary
             return False
-    raise _Failure(f"contains() needs a text, a list or a dictionary first, got {_type_name(haystack)}")
+    raise _Failure(
+        f"contains() needs a text, a list or a dictionary first, got {_type_name(haystack)}"
+    )
 
 
 def _fn_startswith(value: Any, prefix: Any) -> bool:
@@ -455,8 +475,12 @@ def _to_date(func: str, value: Any) -> _dt.date:
         try:
             return _dt.datetime.fromisoformat(text).date()
         except ValueError:
-            raise _Failure(f"{func}() needs an ISO date such as \"2024-05-31\", got {_shorten(repr(text), 40)}") from None
-    raise _Failure(f"{func}() needs a date or an ISO date text, got {_type_name(value)}")
+            raise _Failure(
+                f'{func}() needs an ISO date such as "2024-05-31", got {_shorten(repr(text), 40)}'
+            ) from None
+    raise _Failure(
+        f"{func}() needs a date or an ISO date text, got {_type_name(value)}"
+    )
 
 
 def _fn_date(value: Any) -> _dt.date:
@@ -536,7 +560,14 @@ _REJECTED_BIN_OPS: dict[type[ast.operator], str] = {
     ast.MatMult: "@",
 }
 _CMP_OPS: tuple[type[ast.cmpop], ...] = (
-    ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
 )
 _UNARY_OPS: tuple[type[ast.unaryop], ...] = (ast.Not, ast.USub, ast.UAdd)
 # Leaf helper nodes that are not counted as syntax elements.
@@ -621,12 +652,16 @@ class _Source:
                     break
         self.lines = self.code.splitlines()
 
-    def position(self, line: int | None, column: int | None) -> tuple[int | None, int | None]:
+    def position(
+        self, line: int | None, column: int | None
+    ) -> tuple[int | None, int | None]:
         """Map a 1-based (line, character column) in ``code`` to the original text."""
         if line is None:
             return None, None
         if column is not None:
-            column += self.column_shift + (self.first_line_column_shift if line == 1 else 0)
+            column += self.column_shift + (
+                self.first_line_column_shift if line == 1 else 0
+            )
         return line + self.line_shift, column
 
     def node_position(self, node: ast.AST) -> tuple[int | None, int | None]:
@@ -645,7 +680,12 @@ class _Source:
 def _snippet(node: ast.AST) -> str:
     try:
         return _shorten(ast.unparse(node))
-    except Exception:  # pragma: no cover - unparse of a validated-size tree
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ):  # pragma: no cover - defensive
         return "..."
 
 
@@ -675,11 +715,17 @@ class _Checker:
         try:
             _evaluate_node(_Evaluator({}), node, "")
         except _Failure as err:
-            self.report(node, f"The calculation '{_snippet(node)}' cannot be done: {err}")
+            self.report(
+                node, f"The calculation '{_snippet(node)}' cannot be done: {err}"
+            )
 
     def report(self, node: ast.AST | None, message: str) -> None:
-        line, column = self.source.node_position(node) if node is not None else (None, None)
-        problem = ExpressionProblem(message if message.endswith(".") else message + ".", line, column)
+        line, column = (
+            self.source.node_position(node) if node is not None else (None, None)
+        )
+        problem = ExpressionProblem(
+            message if message.endswith(".") else message + ".", line, column
+        )
         if problem not in self.problems and len(self.problems) < _MAX_PROBLEMS:
             self.problems.append(problem)
 
@@ -694,7 +740,10 @@ class _Checker:
             return
         if isinstance(node, ast.Assign):
             if len(node.targets) != 1:
-                self.report(node, "Assign one name per line ('a = value'); chained assignments 'a = b = value' are not allowed")
+                self.report(
+                    node,
+                    "Assign one name per line ('a = value'); chained assignments 'a = b = value' are not allowed",
+                )
             for target in node.targets:
                 self.check_target(target)
             self.check_expr(node.value)
@@ -704,14 +753,21 @@ class _Checker:
             self.check_operator(node, node.op)
             self.check_expr(node.value)
             return
-        description = _STATEMENT_NAMES.get(type(node), f"'{type(node).__name__}' statements")
-        hint = _STATEMENT_HINTS.get(type(node), "; each line must be an assignment 'name = expression'")
+        description = _STATEMENT_NAMES.get(
+            type(node), f"'{type(node).__name__}' statements"
+        )
+        hint = _STATEMENT_HINTS.get(
+            type(node), "; each line must be an assignment 'name = expression'"
+        )
         self.report(node, f"{description} are not allowed in a script{hint}")
 
     def check_target(self, target: ast.expr) -> None:
         if isinstance(target, ast.Name):
             if target.id.startswith("_"):
-                self.report(target, f"Name '{target.id}' is not allowed; names must not start with '_'")
+                self.report(
+                    target,
+                    f"Name '{target.id}' is not allowed; names must not start with '_'",
+                )
             return
         self.report(
             target,
@@ -726,12 +782,14 @@ class _Checker:
         symbol = _REJECTED_BIN_OPS.get(type(op), type(op).__name__)
         self.report(node, f"Operator '{symbol}' is not allowed")
 
-    def check_expr(self, node: ast.AST) -> None:  # noqa: C901 - one branch per node type
+    def check_expr(self, node: ast.AST) -> None:
         if isinstance(node, ast.Constant):
             value = node.value
             if isinstance(value, int) and not isinstance(value, bool):
                 if abs(value) > MAX_INT:
-                    self.report(node, "Number literal is too large (the limit is 10**30)")
+                    self.report(
+                        node, "Number literal is too large (the limit is 10**30)"
+                    )
             elif not (value is None or isinstance(value, (bool, str, float))):
                 if isinstance(value, bytes):
                     kind = "Byte strings (b'...') are"
@@ -743,7 +801,10 @@ class _Checker:
             return
         if isinstance(node, ast.Name):
             if node.id.startswith("_"):
-                self.report(node, f"Name '{node.id}' is not allowed; names must not start with '_'")
+                self.report(
+                    node,
+                    f"Name '{node.id}' is not allowed; names must not start with '_'",
+                )
             return
         if isinstance(node, (ast.List, ast.Tuple)):
             for element in node.elts:
@@ -754,7 +815,9 @@ class _Checker:
                 if key is None:
                     self.report(value, "Unpacking with '**' is not allowed")
                 elif not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
-                    self.report(key, "Dictionary keys must be text literals such as \"name\"")
+                    self.report(
+                        key, 'Dictionary keys must be text literals such as "name"'
+                    )
                 self.check_expr(value)
             return
         if isinstance(node, ast.Subscript):
@@ -763,7 +826,10 @@ class _Checker:
             return
         if isinstance(node, ast.Attribute):
             if node.attr.startswith("_"):
-                self.report(node, f"Access to the internal attribute '{node.attr}' is not allowed")
+                self.report(
+                    node,
+                    f"Access to the internal attribute '{node.attr}' is not allowed",
+                )
             else:
                 base = _snippet(node.value)
                 self.report(
@@ -776,7 +842,11 @@ class _Checker:
             for value in node.values:
                 self.check_expr(value)
             return
-        if isinstance(node, (ast.UnaryOp, ast.BinOp)) and not self.folding and _is_constant(node):
+        if (
+            isinstance(node, (ast.UnaryOp, ast.BinOp))
+            and not self.folding
+            and _is_constant(node)
+        ):
             self.fold(node)
             return
         if isinstance(node, ast.UnaryOp):
@@ -793,10 +863,20 @@ class _Checker:
             self.check_expr(node.left)
             for op, comparator in zip(node.ops, node.comparators):
                 if isinstance(op, (ast.Is, ast.IsNot)):
-                    if not (isinstance(comparator, ast.Constant) and comparator.value is None):
-                        self.report(node, "'is' and 'is not' may only be used as 'x is None' / 'x is not None'; use '==' or '!=' otherwise")
-                elif not isinstance(op, _CMP_OPS):  # pragma: no cover - all cmpops are handled
-                    self.report(node, f"Comparison '{type(op).__name__}' is not allowed")
+                    if not (
+                        isinstance(comparator, ast.Constant)
+                        and comparator.value is None
+                    ):
+                        self.report(
+                            node,
+                            "'is' and 'is not' may only be used as 'x is None' / 'x is not None'; use '==' or '!=' otherwise",
+                        )
+                elif not isinstance(
+                    op, _CMP_OPS
+                ):  # pragma: no cover - all cmpops are handled
+                    self.report(
+                        node, f"Comparison '{type(op).__name__}' is not allowed"
+                    )
                 self.check_expr(comparator)
             return
         if isinstance(node, ast.IfExp):
@@ -830,21 +910,35 @@ class _Checker:
             if not isinstance(func, ast.Lambda):
                 self.check_expr(func)
         elif func.id not in _FUNCTION_TABLE:
-            self.report(node, f"Function '{func.id}' is not available; the functions you can use are {_FUNCTION_LIST}")
+            self.report(
+                node,
+                f"Function '{func.id}' is not available; the functions you can use are {_FUNCTION_LIST}",
+            )
         else:
             _, minimum, maximum = _FUNCTION_TABLE[func.id]
             count = len(node.args)
             if count < minimum or (maximum is not None and count > maximum):
                 if maximum is None:
-                    expected = f"at least {minimum} argument{'s' if minimum != 1 else ''}"
+                    expected = (
+                        f"at least {minimum} argument{'s' if minimum != 1 else ''}"
+                    )
                 elif minimum == maximum:
-                    expected = f"exactly {minimum} argument{'s' if minimum != 1 else ''}"
+                    expected = (
+                        f"exactly {minimum} argument{'s' if minimum != 1 else ''}"
+                    )
                 else:
                     expected = f"{minimum} to {maximum} arguments"
-                if not node.keywords and not any(isinstance(a, ast.Starred) for a in node.args):
-                    self.report(node, f"Function '{func.id}' takes {expected}, got {count}")
+                if not node.keywords and not any(
+                    isinstance(a, ast.Starred) for a in node.args
+                ):
+                    self.report(
+                        node, f"Function '{func.id}' takes {expected}, got {count}"
+                    )
         if node.keywords:
-            self.report(node, f"Keyword arguments are not allowed in '{_snippet(node)}'; pass arguments by position")
+            self.report(
+                node,
+                f"Keyword arguments are not allowed in '{_snippet(node)}'; pass arguments by position",
+            )
             for keyword in node.keywords:
                 self.check_expr(keyword.value)
         for argument in node.args:
@@ -893,7 +987,9 @@ def _size_problem(tree: ast.AST, source: _Source) -> ExpressionProblem | None:
 
 def _too_long(length: int) -> ExpressionProblem:
     return ExpressionProblem(
-        f"The text is too long ({length:,} characters; the maximum is {MAX_TEXT_LENGTH:,}).", None, None
+        f"The text is too long ({length:,} characters; the maximum is {MAX_TEXT_LENGTH:,}).",
+        None,
+        None,
     )
 
 
@@ -904,19 +1000,37 @@ def _analyse_cached(text: str, mode: Literal["eval", "exec"]) -> _Analysis:
     if len(code) > MAX_TEXT_LENGTH:
         return _Analysis(None, (_too_long(len(code)),))
     if mode == "eval" and not code:
-        return _Analysis(None, (ExpressionProblem("The expression is empty.", None, None),), syntax_error=True)
+        return _Analysis(
+            None,
+            (ExpressionProblem("The expression is empty.", None, None),),
+            syntax_error=True,
+        )
     try:
         tree = ast.parse(code, mode=mode)
     except SyntaxError as err:
         line, column = source.position(err.lineno, err.offset)
         reason = err.msg or "invalid syntax"
-        return _Analysis(None, (ExpressionProblem(f"Syntax error: {reason}.", line, column),), syntax_error=True)
+        return _Analysis(
+            None,
+            (ExpressionProblem(f"Syntax error: {reason}.", line, column),),
+            syntax_error=True,
+        )
     except (ValueError, TypeError) as err:  # e.g. NUL characters
-        return _Analysis(None, (ExpressionProblem(f"Syntax error: {err}.", None, None),), syntax_error=True)
+        return _Analysis(
+            None,
+            (ExpressionProblem(f"Syntax error: {err}.", None, None),),
+            syntax_error=True,
+        )
     except (RecursionError, MemoryError, OverflowError):
         return _Analysis(
             None,
-            (ExpressionProblem(f"The text is nested too deeply (more than {MAX_DEPTH} levels); simplify it.", None, None),),
+            (
+                ExpressionProblem(
+                    f"The text is nested too deeply (more than {MAX_DEPTH} levels); simplify it.",
+                    None,
+                    None,
+                ),
+            ),
         )
     problem = _size_problem(tree, source)
     if problem is not None:
@@ -934,13 +1048,24 @@ def _analyse_cached(text: str, mode: Literal["eval", "exec"]) -> _Analysis:
 
 def _analyse(text: object, mode: Literal["eval", "exec"]) -> _Analysis:
     if not isinstance(text, str):
-        return _Analysis(None, (ExpressionProblem(f"Expected a text, got {type(text).__name__}.", None, None),))
-    if len(text) > _MAX_RAW_LENGTH:  # refuse early; do not fill the cache with huge texts
+        return _Analysis(
+            None,
+            (
+                ExpressionProblem(
+                    f"Expected a text, got {type(text).__name__}.", None, None
+                ),
+            ),
+        )
+    if (
+        len(text) > _MAX_RAW_LENGTH
+    ):  # refuse early; do not fill the cache with huge texts
         return _Analysis(None, (_too_long(len(text)),))
     try:
         return _analyse_cached(text, mode)
     except (RecursionError, MemoryError):  # pragma: no cover - defensive
-        return _Analysis(None, (ExpressionProblem("The text is too complex to check.", None, None),))
+        return _Analysis(
+            None, (ExpressionProblem("The text is too complex to check.", None, None),)
+        )
 
 
 def check_expression(text: str) -> list[ExpressionProblem]:
@@ -955,8 +1080,16 @@ def check_script(text: str) -> list[ExpressionProblem]:
 
 def _invalid(text: str, analysis: _Analysis, kind: str) -> ExpressionError:
     first = analysis.problems[0]
-    where = f" (line {first.line})" if first.line is not None and "\n" in text.strip() else ""
-    more = f" ({len(analysis.problems) - 1} more problem(s))" if len(analysis.problems) > 1 else ""
+    where = (
+        f" (line {first.line})"
+        if first.line is not None and "\n" in text.strip()
+        else ""
+    )
+    more = (
+        f" ({len(analysis.problems) - 1} more problem(s))"
+        if len(analysis.problems) > 1
+        else ""
+    )
     message = f"Invalid {kind} '{_shorten(str(text))}'{where}: {first.message}{more}"
     error_class = _ExpressionSyntaxError if analysis.syntax_error else ExpressionError
     error = error_class(message, str(text), problems=analysis.problems, line=first.line)
@@ -1050,7 +1183,9 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
 
     def _eval_call(self, node: ast.Call) -> Any:
         if not isinstance(node.func, ast.Name) or node.keywords:
-            raise _Failure("Only listed functions can be called, with positional arguments")
+            raise _Failure(
+                "Only listed functions can be called, with positional arguments"
+            )
         entry = _FUNCTION_TABLE.get(node.func.id)
         if entry is None or node.func.id not in self.functions:
             raise _Failure(f"Function '{node.func.id}' is not available")
@@ -1069,14 +1204,20 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
             except KeyError:
                 raise _Failure(f"Key {_shorten(repr(key), 40)} not found") from None
             except TypeError:
-                raise _Failure(f"A {_type_name(key)} cannot be used as a dictionary key") from None
+                raise _Failure(
+                    f"A {_type_name(key)} cannot be used as a dictionary key"
+                ) from None
         if isinstance(container, (list, tuple, str)):
             if not isinstance(key, int):
-                raise _Failure(f"A list or text index must be an integer, got {_type_name(key)}")
+                raise _Failure(
+                    f"A list or text index must be an integer, got {_type_name(key)}"
+                )
             try:
                 return container[key]
             except IndexError:
-                raise _Failure(f"Index {key} is out of range (length {len(container)})") from None
+                raise _Failure(
+                    f"Index {key} is out of range (length {len(container)})"
+                ) from None
         raise _Failure(f"Cannot use [...] on a {_type_name(container)}")
 
     def _eval_list(self, node: ast.List) -> list[Any]:
@@ -1091,7 +1232,9 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
         result: dict[str, Any] = {}
         size = 1
         for key_node, value_node in zip(node.keys, node.values):
-            if not (isinstance(key_node, ast.Constant) and isinstance(key_node.value, str)):
+            if not (
+                isinstance(key_node, ast.Constant) and isinstance(key_node.value, str)
+            ):
                 raise _Failure("Dictionary keys must be text literals")
             value = self._eval(value_node)
             result[key_node.value] = value
@@ -1135,7 +1278,9 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
 
     def _built(self, value: Any, size: int) -> Any:
         if size > MAX_VALUE_SIZE:
-            raise _Failure(f"Value is too large (more than {MAX_VALUE_SIZE:,} items and characters in total)")
+            raise _Failure(
+                f"Value is too large (more than {MAX_VALUE_SIZE:,} items and characters in total)"
+            )
         if isinstance(value, (list, tuple, dict)):
             self._sizes[id(value)] = (value, size)
         return value
@@ -1145,7 +1290,9 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
     @staticmethod
     def _numbers(symbol: str, a: Any, b: Any) -> None:
         if not (_is_number(a) and _is_number(b)):
-            raise _Failure(f"Operator '{symbol}' needs numbers, got {_type_name(a)} and {_type_name(b)}")
+            raise _Failure(
+                f"Operator '{symbol}' needs numbers, got {_type_name(a)} and {_type_name(b)}"
+            )
 
     def _op_add(self, a: Any, b: Any) -> Any:
         if _is_number(a) and _is_number(b):
@@ -1155,11 +1302,15 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
         ):
             length = len(a) + len(b)
             if length > MAX_SEQUENCE_LENGTH:
-                raise _Failure(f"Result of '+' is too long ({length:,}; the maximum is {MAX_SEQUENCE_LENGTH:,})")
+                raise _Failure(
+                    f"Result of '+' is too long ({length:,}; the maximum is {MAX_SEQUENCE_LENGTH:,})"
+                )
             if isinstance(a, str):
                 return a + b
             return self._built(a + b, self._measure(a) + self._measure(b) - 1)
-        raise _Failure(f"Operator '+' cannot combine {_type_name(a)} and {_type_name(b)}")
+        raise _Failure(
+            f"Operator '+' cannot combine {_type_name(a)} and {_type_name(b)}"
+        )
 
     def _op_sub(self, a: Any, b: Any) -> Any:
         self._numbers("-", a, b)
@@ -1170,17 +1321,23 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
             return _check_int(a * b)
         sequence, count = (a, b) if isinstance(a, (str, list, tuple)) else (b, a)
         if not isinstance(sequence, (str, list, tuple)) or not isinstance(count, int):
-            raise _Failure(f"Operator '*' cannot combine {_type_name(a)} and {_type_name(b)}")
+            raise _Failure(
+                f"Operator '*' cannot combine {_type_name(a)} and {_type_name(b)}"
+            )
         if count <= 0:
             return sequence[:0]
         length = len(sequence) * count
         if length > MAX_SEQUENCE_LENGTH:
-            raise _Failure(f"Result of '*' is too long ({length:,}; the maximum is {MAX_SEQUENCE_LENGTH:,})")
+            raise _Failure(
+                f"Result of '*' is too long ({length:,}; the maximum is {MAX_SEQUENCE_LENGTH:,})"
+            )
         if isinstance(sequence, str):
             return sequence * count
         size = (self._measure(sequence) - 1) * count + 1
         if size > MAX_VALUE_SIZE:
-            raise _Failure(f"Value is too large (more than {MAX_VALUE_SIZE:,} items and characters in total)")
+            raise _Failure(
+                f"Value is too large (more than {MAX_VALUE_SIZE:,} items and characters in total)"
+            )
         return self._built(sequence * count, size)
 
     def _op_div(self, a: Any, b: Any) -> Any:
@@ -1198,11 +1355,17 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
     def _op_pow(self, a: Any, b: Any) -> Any:
         self._numbers("**", a, b)
         if abs(b) > MAX_EXPONENT:
-            raise _Failure(f"Exponent {_shorten(repr(b), 30)} is too large (the maximum is {MAX_EXPONENT})")
-        if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
-            # a ** b >= 2 ** ((bits - 1) * b): refuse before computing anything big.
-            if (abs(a).bit_length() - 1) * b > MAX_INT.bit_length():
-                raise _Failure("Result of '**' is too large (the limit is 10**30)")
+            raise _Failure(
+                f"Exponent {_shorten(repr(b), 30)} is too large (the maximum is {MAX_EXPONENT})"
+            )
+        # a ** b >= 2 ** ((bits - 1) * b): refuse before computing anything big.
+        if (
+            isinstance(a, int)
+            and isinstance(b, int)
+            and b > 0
+            and (abs(a).bit_length() - 1) * b > MAX_INT.bit_length()
+        ):
+            raise _Failure("Result of '**' is too large (the limit is 10**30)")
         return _check_int(a**b)
 
     @staticmethod
@@ -1258,7 +1421,9 @@ def evaluate(text: str, data: Mapping[str, Any]) -> Any:
     try:
         return _evaluate_node(_Evaluator(data), analysis.tree.body, text)
     except _Failure as err:
-        raise ExpressionError(f"{err} in expression '{_shorten(text)}'.", text) from err.__cause__
+        raise ExpressionError(
+            f"{err} in expression '{_shorten(text)}'.", text
+        ) from err.__cause__
 
 
 def run_script(text: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -1300,7 +1465,9 @@ def run_script(text: str, data: dict[str, Any]) -> dict[str, Any]:
             lines = textwrap.dedent(text).splitlines()
             source_line = lines[line - 1].strip() if 0 < line <= len(lines) else ""
             raise ExpressionError(
-                f"{err} in script line {line}: '{_shorten(source_line)}'.", text, line=line
+                f"{err} in script line {line}: '{_shorten(source_line)}'.",
+                text,
+                line=line,
             ) from err.__cause__
     return assigned
 
@@ -1322,16 +1489,24 @@ class _SafeEnvironment(BasePythonScriptEngineEnvironment):
         super().__init__({})
 
     @staticmethod
-    def _names(context: Mapping[str, Any], external_context: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    def _names(
+        context: Mapping[str, Any], external_context: Mapping[str, Any] | None
+    ) -> Mapping[str, Any]:
         return ChainMap(context, external_context) if external_context else context  # type: ignore[arg-type]
 
     def evaluate(
-        self, expression: str, context: Mapping[str, Any], external_context: Mapping[str, Any] | None = None
+        self,
+        expression: str,
+        context: Mapping[str, Any],
+        external_context: Mapping[str, Any] | None = None,
     ) -> Any:
         return evaluate(expression, self._names(context, external_context))
 
     def execute(
-        self, script: str, context: dict[str, Any], external_context: Mapping[str, Any] | None = None
+        self,
+        script: str,
+        context: dict[str, Any],
+        external_context: Mapping[str, Any] | None = None,
     ) -> bool:
         assignments = run_script(script, self._names(context, external_context))  # type: ignore[arg-type]
         context.update(assignments)
@@ -1361,7 +1536,12 @@ class SafeScriptEngine(PythonScriptEngine):
         if analysis.tree is None:
             raise _invalid(expression, analysis, "expression")
 
-    def evaluate(self, task: Any, expression: str, external_context: Mapping[str, Any] | None = None) -> Any:
+    def evaluate(
+        self,
+        task: Any,
+        expression: str,
+        external_context: Mapping[str, Any] | None = None,
+    ) -> Any:
         try:
             return self.environment.evaluate(expression, task.data, external_context)
         except Exception as err:
@@ -1369,12 +1549,16 @@ class SafeScriptEngine(PythonScriptEngine):
                 f"Error evaluating expression: {err}", task=task, exception=err
             ) from err
 
-    def execute(self, task: Any, script: str, external_context: Mapping[str, Any] | None = None) -> bool:
+    def execute(
+        self, task: Any, script: str, external_context: Mapping[str, Any] | None = None
+    ) -> bool:
         try:
             return self.environment.execute(script, task.data, external_context)
         except Exception as err:
             line = getattr(err, "line", None)
-            lines = textwrap.dedent(script).splitlines() if isinstance(script, str) else []
+            lines = (
+                textwrap.dedent(script).splitlines() if isinstance(script, str) else []
+            )
             error_line = lines[line - 1] if line and 0 < line <= len(lines) else ""
             raise WorkflowTaskException(
                 f"Error running script: {err}",

@@ -1,0 +1,234 @@
+"""Engine benchmark: persisted dossiers per second against raw SpiffWorkflow.
+
+Run ``motcua bench`` (``--quick`` for a short run, ``--postgres URL`` to add
+PostgreSQL). Prints one JSON object, then a readable table. Every figure is
+the median of repeated runs; ratios compare figures measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from SpiffWorkflow.bpmn.parser import BpmnParser
+from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
+from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
+
+from . import services
+from .core.calendar import VN_TZ
+from .persistence.db import make_engine, migrate
+from .persistence.models import Dossier
+
+_NS = (
+    'xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" '
+    'xmlns:camunda="http://camunda.org/schema/1.0/bpmn"'
+)
+
+
+def _props(**values: str) -> str:
+    inner = "".join(f'<camunda:property name="{k}" value="{v}"/>' for k, v in values.items())
+    return f"<bpmn:extensionElements><camunda:properties>{inner}</camunda:properties></bpmn:extensionElements>"
+
+
+def six_step_diagram() -> bytes:
+    """A joint procedure of six human steps across four agencies (benchmark input)."""
+    steps = [("s1", "receptionist", "0.5"), ("s2", "officer", "3"), ("s3", "officer", "5"), ("s4", "officer", "3"), ("s5", "leader", "2"), ("s6", "receptionist", "0.5")]
+    lanes = "".join(
+        f'<bpmn:lane id="lane_{sid}">{_props(role=role)}<bpmn:flowNodeRef>{sid}</bpmn:flowNodeRef></bpmn:lane>' for sid, role, _ in steps
+    )
+    tasks = "".join(f'<bpmn:userTask id="{sid}" name="Bước {sid}">{_props(allotment=days + " working days")}</bpmn:userTask>' for sid, _, days in steps)
+    chain = ["start", *[s[0] for s in steps], "end"]
+    flows = "".join(f'<bpmn:sequenceFlow id="f{i}" sourceRef="{a}" targetRef="{b}"/>' for i, (a, b) in enumerate(zip(chain, chain[1:])))
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><bpmn:definitions {_NS} id="bench6" targetNamespace="bench">'
+        f'<bpmn:process id="Bench6" name="Liên thông 6 bước" isExecutable="true">{_props(code="BENCH.6", deadline="15 working days")}'
+        f'<bpmn:laneSet id="ls">{lanes}</bpmn:laneSet><bpmn:startEvent id="start"/>{tasks}<bpmn:endEvent id="end"/>{flows}'
+        "</bpmn:process></bpmn:definitions>"
+    ).encode()
+
+
+def rework_diagram() -> bytes:
+    """Handle → review → back to handle while ``rework`` is true (benchmark input)."""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><bpmn:definitions {_NS} id="benchloop" targetNamespace="bench">'
+        f'<bpmn:process id="BenchLoop" name="Xử lý lại" isExecutable="true">{_props(code="BENCH.LOOP", deadline="10 working days")}'
+        f'<bpmn:laneSet id="ls"><bpmn:lane id="lo">{_props(role="officer")}<bpmn:flowNodeRef>handle</bpmn:flowNodeRef></bpmn:lane>'
+        f'<bpmn:lane id="ll">{_props(role="leader")}<bpmn:flowNodeRef>review</bpmn:flowNodeRef></bpmn:lane></bpmn:laneSet>'
+        f'<bpmn:startEvent id="start"/><bpmn:userTask id="handle" name="Xử lý">{_props(allotment="2 working days")}</bpmn:userTask>'
+        f'<bpmn:userTask id="review" name="Duyệt">{_props(allotment="1 working day")}</bpmn:userTask>'
+        '<bpmn:exclusiveGateway id="gw" default="ok"/><bpmn:endEvent id="end"/>'
+        '<bpmn:sequenceFlow id="a" sourceRef="start" targetRef="handle"/><bpmn:sequenceFlow id="b" sourceRef="handle" targetRef="review"/>'
+        '<bpmn:sequenceFlow id="c" sourceRef="review" targetRef="gw"/>'
+        '<bpmn:sequenceFlow id="back" sourceRef="gw" targetRef="handle"><bpmn:conditionExpression>rework == True</bpmn:conditionExpression></bpmn:sequenceFlow>'
+        '<bpmn:sequenceFlow id="ok" sourceRef="gw" targetRef="end"/></bpmn:process></bpmn:definitions>'
+    ).encode()
+
+
+def _median_rate(runs: int, count: int, once: Callable[[int], None]) -> float:
+    rates = []
+    for run in range(runs):
+        started = time.perf_counter()
+        once(run)
+        rates.append(count / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def _raw_spec() -> tuple[Any, dict[str, Any]]:
+    parser = BpmnParser()
+    parser.add_bpmn_str(six_step_diagram())
+    return parser.get_spec("Bench6"), parser.get_subprocess_specs("Bench6")
+
+
+def raw_in_memory(count: int, runs: int) -> float:
+    """Dossiers/s: stock SpiffWorkflow, start → every step → end, all in memory."""
+    spec, subs = _raw_spec()
+
+    def once(_: int) -> None:
+        for _i in range(count):
+            wf = BpmnWorkflow(spec, subs)
+            wf.do_engine_steps()
+            while tasks := wf.get_tasks(state=TaskState.READY, manual=True):
+                tasks[0].run()
+                wf.do_engine_steps()
+            assert wf.is_completed()
+
+    return _median_rate(runs, count, once)
+
+
+def raw_with_serializer(count: int, runs: int) -> float:
+    """Dossiers/s: stock SpiffWorkflow, serialized and restored (spec included) around every step."""
+    spec, subs = _raw_spec()
+    serializer = BpmnWorkflowSerializer()
+
+    def once(_: int) -> None:
+        for _i in range(count):
+            wf = BpmnWorkflow(spec, subs)
+            wf.do_engine_steps()
+            state = serializer.serialize_json(wf)
+            while True:
+                wf = serializer.deserialize_json(state)
+                tasks = wf.get_tasks(state=TaskState.READY, manual=True)
+                if not tasks:
+                    break
+                tasks[0].run()
+                wf.do_engine_steps()
+                state = serializer.serialize_json(wf)
+            assert wf.is_completed()
+
+    return _median_rate(runs, count, once)
+
+
+def persisted(engine: Engine, count: int, runs: int) -> float:
+    """Dossiers/s through the service layer: every step its own committed transaction."""
+    now = datetime(2026, 3, 2, 8, 0, tzinfo=VN_TZ)
+    with Session(engine, expire_on_commit=False) as session:
+        services.deploy(session, {"bench6.bpmn": six_step_diagram()}, actor="bench", now=now)
+
+    def once(run: int) -> None:
+        with Session(engine, expire_on_commit=False) as session:
+            for i in range(count):
+                dossier = services.start_dossier(session, "BENCH.6", {"i": i}, actor="bench", now=now, agency_code=f"B{run}")
+                while tasks := services.open_tasks(session, dossier.code):
+                    services.complete_task(session, tasks[0].id, {}, actor="bench", now=now)
+                assert dossier.status == services.DossierStatus.PROCESSED
+
+    return _median_rate(runs, count, once)
+
+
+def rework_growth(engine: Engine, rounds: int, dossiers: int) -> dict[str, float]:
+    """Cost and state size of a step at round 1 against round ``rounds`` of a rework loop."""
+    now = datetime(2026, 3, 2, 8, 0, tzinfo=VN_TZ)
+    first, last, size_first, size_last = [], [], [], []
+    with Session(engine, expire_on_commit=False) as session:
+        services.deploy(session, {"loop.bpmn": rework_diagram()}, actor="bench", now=now)
+        for d in range(dossiers):
+            dossier = services.start_dossier(session, "BENCH.LOOP", {}, actor="bench", now=now, agency_code="LOOP")
+            for round_ in range(1, rounds + 1):
+                [handle] = services.open_tasks(session, dossier.code)
+                started = time.perf_counter()
+                services.complete_task(session, handle.id, {"note": f"lần {round_}"}, actor="bench", now=now)
+                elapsed = time.perf_counter() - started
+                size = len(session.scalar(select(Dossier.workflow_state).where(Dossier.id == dossier.id)))
+                if round_ == 1:
+                    first.append(elapsed)
+                    size_first.append(size)
+                elif round_ == rounds:
+                    last.append(elapsed)
+                    size_last.append(size)
+                [review] = services.open_tasks(session, dossier.code)
+                services.complete_task(session, review.id, {"rework": round_ < rounds}, actor="bench", now=now)
+    step1, stepn = statistics.median(first), statistics.median(last)
+    return {
+        "step_1_ms": round(step1 * 1000, 3),
+        f"step_{rounds}_ms": round(stepn * 1000, 3),
+        f"step_{rounds}_over_step_1": round(stepn / step1, 3),
+        "state_bytes_step_1": int(statistics.median(size_first)),
+        f"state_bytes_step_{rounds}": int(statistics.median(size_last)),
+    }
+
+
+def _fresh_postgres(url: str) -> Engine:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    migrate(engine)
+    return engine
+
+
+def run(quick: bool = False, postgres_url: str | None = None) -> dict[str, Any]:
+    """Run every scenario and return the figures."""
+    count, runs = (30, 3) if quick else (200, 5)
+    rounds, loop_dossiers = (50, 3) if quick else (50, 9)
+    result: dict[str, Any] = {"quick": quick, "dossiers_per_run": count, "runs": runs, "procedure_steps": 6}
+    result["raw_in_memory_per_s"] = round(raw_in_memory(count * 3, runs), 1)
+    result["raw_with_serializer_per_s"] = round(raw_with_serializer(count, runs), 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = make_engine(f"sqlite:///{Path(tmp) / 'bench.sqlite3'}")
+        migrate(engine)
+        result["sqlite_per_s"] = round(persisted(engine, count, runs), 1)
+        result["rework_sqlite"] = rework_growth(engine, rounds, loop_dossiers)
+        engine.dispose()
+    if postgres_url:
+        engine = _fresh_postgres(postgres_url)
+        with engine.connect() as conn:
+            result["postgres_settings"] = {
+                name: conn.execute(text(f"SHOW {name}")).scalar() for name in ("server_version", "fsync", "synchronous_commit")
+            }
+        result["postgres_per_s"] = round(persisted(engine, count, runs), 1)
+        result["rework_postgres"] = rework_growth(engine, rounds, loop_dossiers)
+        engine.dispose()
+    for backend in ("sqlite", "postgres"):
+        if f"{backend}_per_s" in result:
+            rate = result[f"{backend}_per_s"]
+            result[f"{backend}_over_raw_in_memory"] = round(rate / result["raw_in_memory_per_s"], 3)
+            result[f"{backend}_over_raw_with_serializer"] = round(rate / result["raw_with_serializer_per_s"], 3)
+    return result
+
+
+def table(figures: dict[str, Any]) -> str:
+    """The figures as aligned ``name  value`` lines."""
+    lines = []
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                lines.append(f"{key}.{sub:<28} {sub_value}")
+        else:
+            lines.append(f"{key:<37} {value}")
+    return "\n".join(lines)
+
+
+def main(quick: bool, postgres_url: str | None) -> None:
+    figures = run(quick=quick, postgres_url=postgres_url)
+    print(json.dumps(figures, ensure_ascii=False))
+    print()
+    print(table(figures))
+

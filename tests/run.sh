@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh Debian machine and run them.
+# Usage: bash tests/run.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+eval "$(bash .ci/start-postgres)"
+export MOTCUA_TEST_POSTGRES_URL
+exec .venv/bin/python -m pytest -n 2 "$@"
