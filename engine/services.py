@@ -19,7 +19,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import date, datetime, time
+from functools import lru_cache
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
@@ -147,7 +148,7 @@ def deploy(session: Session, files: Mapping[str, bytes], actor: str, now: dateti
     version.files = [ProcedureFile(filename=name, content=content) for name, content in files.items()]
     session.add(version)
     session.flush()
-    _cache_spec(version.id, definition.spec)
+    _remember_version(version.id, _VersionRuntime(definition.spec, version.meta))
     session.add(
         AuditEvent(
             at=now,
@@ -189,33 +190,43 @@ def get_version(session: Session, code: str, version: int | None = None) -> Proc
     return found
 
 
-# Parsed specs are shared by every dossier of a version; restoring one costs far
-# more than a step, so keep the recent ones.
-_SPEC_CACHE: "OrderedDict[int, runtime.ProcedureSpec]" = OrderedDict()
-_SPEC_CACHE_SIZE = 256
-_SPEC_LOCK = threading.Lock()
+@dataclass(frozen=True)
+class _VersionRuntime:
+    """What running a dossier needs from its version: the parsed spec and metadata."""
+
+    spec: runtime.ProcedureSpec
+    meta: Mapping[str, Any]
 
 
-def _cache_spec(version_id: int, spec: runtime.ProcedureSpec) -> None:
-    with _SPEC_LOCK:
-        _SPEC_CACHE[version_id] = spec
-        _SPEC_CACHE.move_to_end(version_id)
-        while len(_SPEC_CACHE) > _SPEC_CACHE_SIZE:
-            _SPEC_CACHE.popitem(last=False)
+# Versions are immutable, and restoring a spec costs far more than a step, so
+# every process keeps the recent ones.
+_VERSIONS: "OrderedDict[int, _VersionRuntime]" = OrderedDict()
+_VERSIONS_SIZE = 256
+_VERSIONS_LOCK = threading.Lock()
 
 
-def _spec_for(session: Session, version_id: int) -> runtime.ProcedureSpec:
-    with _SPEC_LOCK:
-        spec = _SPEC_CACHE.get(version_id)
-        if spec is not None:
-            _SPEC_CACHE.move_to_end(version_id)
-            return spec
-    text = session.scalar(select(ProcedureVersion.spec_json).where(ProcedureVersion.id == version_id))
-    if text is None:
+def _remember_version(version_id: int, item: _VersionRuntime) -> None:
+    with _VERSIONS_LOCK:
+        _VERSIONS[version_id] = item
+        _VERSIONS.move_to_end(version_id)
+        while len(_VERSIONS) > _VERSIONS_SIZE:
+            _VERSIONS.popitem(last=False)
+
+
+def _version_runtime(session: Session, version_id: int) -> _VersionRuntime:
+    with _VERSIONS_LOCK:
+        item = _VERSIONS.get(version_id)
+        if item is not None:
+            _VERSIONS.move_to_end(version_id)
+            return item
+    row = session.execute(
+        select(ProcedureVersion.spec_json, ProcedureVersion.meta).where(ProcedureVersion.id == version_id)
+    ).first()
+    if row is None:
         raise NotFound(f"Procedure version {version_id} does not exist.")
-    spec = runtime.ProcedureSpec.from_json(text)
-    _cache_spec(version_id, spec)
-    return spec
+    item = _VersionRuntime(runtime.ProcedureSpec.from_json(row.spec_json), row.meta)
+    _remember_version(version_id, item)
+    return item
 
 
 # --------------------------------------------------------------------------- calendar
@@ -224,10 +235,17 @@ def _spec_for(session: Session, version_id: int) -> runtime.ProcedureSpec:
 def load_calendar(session: Session) -> WorkingCalendar:
     """The working calendar with the administrators' overrides."""
     rows = session.execute(select(CalendarOverride.day, CalendarOverride.kind)).all()
-    return WorkingCalendar(
-        extra_days_off=frozenset(day for day, kind in rows if kind == "day_off"),
-        extra_working_days=frozenset(day for day, kind in rows if kind == "working_day"),
+    return _calendar(
+        frozenset(day for day, kind in rows if kind == "day_off"),
+        frozenset(day for day, kind in rows if kind == "working_day"),
     )
+
+
+@lru_cache(maxsize=16)
+def _calendar(days_off: frozenset[date], working_days: frozenset[date]) -> WorkingCalendar:
+    # A calendar builds its tables of working time lazily; sharing one per set
+    # of overrides keeps them warm across requests.
+    return WorkingCalendar(extra_days_off=days_off, extra_working_days=working_days)
 
 
 def add_calendar_override(session: Session, day: Any, kind: str, note: str | None, actor: str, now: datetime) -> None:
@@ -297,15 +315,15 @@ def start_dossier(
     if not isinstance(data, Mapping):
         raise InvalidRequest("Dossier data must be an object of field names and values.")
     proc_version = get_version(session, procedure_code, version)
-    spec = _spec_for(session, proc_version.id)
+    known = _version_runtime(session, proc_version.id)
     try:
-        wf = runtime.start_workflow(spec, dict(data))
+        wf = runtime.start_workflow(known.spec, dict(data))
     except runtime.EngineError as err:
         raise InvalidRequest(str(err)) from err
     except Exception as err:  # a condition failing on the given data, etc.
         raise InvalidRequest(f"The procedure could not start with this data: {_reason(err)}") from err
     calendar = load_calendar(session)
-    meta = proc_version.meta
+    meta = known.meta
     deadline = _duration(meta.get("deadline_amount"), meta.get("deadline_unit"))
     clock_start = calendar.next_working_instant(now)
     dossier = Dossier(
@@ -321,9 +339,8 @@ def start_dossier(
         updated_at=now,
     )
     session.add(dossier)
-    session.flush()
     _audit(session, now, actor, "dossier.receive", dossier, None, None, str(DossierStatus.RECEIVED), {"clock_start": clock_start.isoformat()})
-    _sync(session, dossier, wf, proc_version.meta, calendar, actor, now, step_completed=False)
+    _sync(session, dossier, wf, meta, calendar, actor, now, step_completed=False)
     session.commit()
     return dossier
 
@@ -358,10 +375,10 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
         raise Conflict(f"Step '{task.step_name}' of dossier {dossier.code} is already {task.state}.")
     if task.assignee and task.assignee != actor:
         raise Conflict(f"Step '{task.step_name}' is claimed by {task.assignee}.")
-    meta = dossier.version.meta
+    known = _version_runtime(session, dossier.procedure_version_id)
+    meta = known.meta
     _check_form(meta, task.step_id, data)
-    spec = _spec_for(session, dossier.procedure_version_id)
-    wf = runtime.load_state(spec, dossier.workflow_state)
+    wf = runtime.load_state(known.spec, dossier.workflow_state)
     try:
         runtime.complete_task(wf, task.spiff_task_id, dict(data))
     except runtime.EngineError as err:
@@ -407,7 +424,11 @@ def _sync(
     ready = {t.task_id: t for t in runtime.human_tasks(wf)}
     known = {
         row.spiff_task_id: row
-        for row in session.scalars(select(Task).where(Task.dossier_id == dossier.id, Task.state.in_(TaskState.OPEN)))
+        for row in (
+            session.scalars(select(Task).where(Task.dossier_id == dossier.id, Task.state.in_(TaskState.OPEN)))
+            if dossier.id is not None
+            else ()
+        )
     }
     for spiff_id, row in known.items():
         if spiff_id not in ready:  # cancelled by the workflow (e.g. a branch was cut)
@@ -421,7 +442,7 @@ def _sync(
         step = steps.get(human.step_id, {})
         allotment = _duration(step.get("allotment_amount"), step.get("allotment_unit"))
         row = Task(
-            dossier_id=dossier.id,
+            dossier=dossier,
             spiff_task_id=spiff_id,
             step_id=human.step_id,
             step_name=human.step_name,
@@ -434,7 +455,6 @@ def _sync(
             due_at=due_after(calendar, now, allotment) if allotment else None,
         )
         session.add(row)
-        session.flush()
         _audit(session, now, actor, "task.ready", dossier, row, None, TaskState.READY, {"step": human.step_id})
     if wf.is_completed():
         _set_status(session, dossier, DossierStatus.PROCESSED, "processed", actor, now)
@@ -465,8 +485,8 @@ def _audit(
             at=now,
             actor=actor,
             action=action,
-            dossier_id=dossier.id if dossier else None,
-            task_id=task.id if task else None,
+            dossier=dossier,
+            task=task,
             subject=(task.step_id if task else dossier.code if dossier else None),
             from_state=from_state,
             to_state=to_state,

@@ -114,7 +114,7 @@ class ProcedureVersion(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     process_id: Mapped[str] = mapped_column(String(255))
     meta: Mapped[dict[str, Any]]
-    spec_json: Mapped[str] = mapped_column(Text)
+    spec_json: Mapped[str] = mapped_column(Text, deferred=True)
     deployed_at: Mapped[datetime]
     deployed_by: Mapped[str] = mapped_column(String(200))
 
@@ -227,6 +227,9 @@ class AuditEvent(Base):
     from_state: Mapped[str | None] = mapped_column(String(100))
     to_state: Mapped[str | None] = mapped_column(String(100))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    dossier: Mapped[Dossier | None] = relationship()
+    task: Mapped[Task | None] = relationship()
 
 
 class CalendarOverride(Base):
