@@ -33,7 +33,10 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
 
     from . import bp as api_bp
 
+    from admin import bp as admin_bp
+
     app.register_blueprint(api_bp, url_prefix="/api/v1")
+    app.register_blueprint(admin_bp)
 
     @app.get("/healthz")
     def health() -> Any:
@@ -63,7 +66,8 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Any:
-        return jsonify(error=err.name.lower().replace(" ", "_"), message=err.description), err.code
+        body = jsonify(error=err.name.lower().replace(" ", "_"), message=err.description)
+        return body, err.code
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception) -> Any:

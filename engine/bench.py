@@ -149,7 +149,7 @@ def rework_growth(engine: Engine, rounds: int, dossiers: int) -> dict[str, float
     first, last, size_first, size_last = [], [], [], []
     with Session(engine, expire_on_commit=False) as session:
         services.deploy(session, {"loop.bpmn": rework_diagram()}, actor="bench", now=now)
-        for d in range(dossiers):
+        for _ in range(dossiers):
             dossier = services.start_dossier(session, "BENCH.LOOP", {}, actor="bench", now=now, agency_code="LOOP")
             for round_ in range(1, rounds + 1):
                 [handle] = services.open_tasks(session, dossier.code)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -144,7 +144,7 @@ def _parse_instant(value: str) -> datetime:
     try:
         instant = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"'{value}' is not an ISO 8601 date-time such as 2026-02-13T10:00+07:00.")
+        raise click.BadParameter(f"'{value}' is not an ISO 8601 date-time such as 2026-02-13T10:00+07:00.") from None
     return instant if instant.tzinfo else instant.replace(tzinfo=VN_TZ)
 
 
@@ -196,7 +196,7 @@ def _json_option(value: str) -> dict[str, Any]:
     try:
         data = json.loads(value)
     except json.JSONDecodeError as err:
-        raise click.BadParameter(f"not valid JSON: {err.msg}")
+        raise click.BadParameter(f"not valid JSON: {err.msg}") from None
     if not isinstance(data, dict):
         raise click.BadParameter("must be a JSON object")
     return data

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import threading
+from time import monotonic as _monotonic
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -232,13 +233,29 @@ def _version_runtime(session: Session, version_id: int) -> _VersionRuntime:
 # --------------------------------------------------------------------------- calendar
 
 
-def load_calendar(session: Session) -> WorkingCalendar:
-    """The working calendar with the administrators' overrides."""
+#: How long a process trusts its copy of the calendar overrides, in seconds.
+CALENDAR_TTL = 30.0
+_calendar_seen: dict[str, tuple[float, WorkingCalendar]] = {}
+
+
+def load_calendar(session: Session, fresh: bool = False) -> WorkingCalendar:
+    """The working calendar with the administrators' overrides.
+
+    Overrides change a few times a year, so a process re-reads them at most
+    every :data:`CALENDAR_TTL` seconds (and at once after changing them itself).
+    """
+    database = str(session.get_bind().url)
+    clock = _monotonic()
+    seen = _calendar_seen.get(database)
+    if not fresh and seen is not None and clock - seen[0] < CALENDAR_TTL:
+        return seen[1]
     rows = session.execute(select(CalendarOverride.day, CalendarOverride.kind)).all()
-    return _calendar(
+    calendar = _calendar(
         frozenset(day for day, kind in rows if kind == "day_off"),
         frozenset(day for day, kind in rows if kind == "working_day"),
     )
+    _calendar_seen[database] = (clock, calendar)
+    return calendar
 
 
 @lru_cache(maxsize=16)
@@ -263,6 +280,7 @@ def add_calendar_override(session: Session, day: Any, kind: str, note: str | Non
         AuditEvent(at=now, actor=actor, action="calendar.override", subject=day.isoformat(), from_state=before, to_state=kind, details={"note": note})
     )
     session.commit()
+    load_calendar(session, fresh=True)
 
 
 def due_after(calendar: WorkingCalendar, start: datetime, duration: Duration, cutoff: str | None = None) -> datetime:
@@ -340,7 +358,7 @@ def start_dossier(
     )
     session.add(dossier)
     _audit(session, now, actor, "dossier.receive", dossier, None, None, str(DossierStatus.RECEIVED), {"clock_start": clock_start.isoformat()})
-    _sync(session, dossier, wf, meta, calendar, actor, now, step_completed=False)
+    _sync(session, dossier, wf, meta, calendar, actor, now, [], step_completed=False)
     session.commit()
     return dossier
 
@@ -366,11 +384,26 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
     """Complete an open step with its form ``data`` and move the dossier on."""
     if not isinstance(data, Mapping):
         raise InvalidRequest("Form data must be an object of field names and values.")
-    task = session.get(Task, task_id)
-    if task is None:
+    # Lock the dossier first, then read the task: two officers completing steps
+    # of one dossier at once queue here instead of overwriting each other.
+    dossier = session.scalar(
+        select(Dossier).join(Task, Task.dossier_id == Dossier.id).where(Task.id == task_id).with_for_update(of=Dossier)
+    )
+    # One read of the dossier's open steps, before anything changes (no autoflush).
+    open_rows = (
+        list(
+            session.scalars(
+                select(Task).where(Task.dossier_id == dossier.id, Task.state.in_(TaskState.OPEN)).execution_options(populate_existing=True)
+            )
+        )
+        if dossier is not None
+        else []
+    )
+    task = next((row for row in open_rows if row.id == task_id), None)
+    if dossier is not None and task is None:
+        task = session.get(Task, task_id, populate_existing=True)
+    if task is None or dossier is None:
         raise NotFound(f"No task {task_id}.")
-    dossier = session.scalar(select(Dossier).where(Dossier.id == task.dossier_id).with_for_update())
-    session.refresh(task)
     if task.state not in TaskState.OPEN:
         raise Conflict(f"Step '{task.step_name}' of dossier {dossier.code} is already {task.state}.")
     if task.assignee and task.assignee != actor:
@@ -392,7 +425,7 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
     task.completed_by = actor
     dossier.data = {**dossier.data, **dict(data)}
     _audit(session, now, actor, "task.complete", dossier, task, before, TaskState.COMPLETED, {"data": dict(data)})
-    _sync(session, dossier, wf, meta, load_calendar(session), actor, now, step_completed=True)
+    _sync(session, dossier, wf, meta, load_calendar(session), actor, now, open_rows, step_completed=True)
     try:
         session.commit()
     except StaleDataError as err:
@@ -416,20 +449,14 @@ def _sync(
     calendar: WorkingCalendar,
     actor: str,
     now: datetime,
+    open_rows: Sequence[Task],
     step_completed: bool,
 ) -> None:
     """Store the workflow state and make the task rows match its ready steps."""
     dossier.workflow_state = runtime.dump_state(wf)
     dossier.updated_at = now
     ready = {t.task_id: t for t in runtime.human_tasks(wf)}
-    known = {
-        row.spiff_task_id: row
-        for row in (
-            session.scalars(select(Task).where(Task.dossier_id == dossier.id, Task.state.in_(TaskState.OPEN)))
-            if dossier.id is not None
-            else ()
-        )
-    }
+    known = {row.spiff_task_id: row for row in open_rows if row.state in TaskState.OPEN}
     for spiff_id, row in known.items():
         if spiff_id not in ready:  # cancelled by the workflow (e.g. a branch was cut)
             row.state = TaskState.CANCELLED

@@ -103,3 +103,17 @@ def test_serve_answers_health_over_real_http(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_demo_sets_up_the_bundled_procedures_and_the_home_page_lists_them(tmp_path: Path) -> None:
+    result = motcua(tmp_path, "demo", "--no-serve")
+    assert result.returncode == 0, result.stderr
+    assert "2.000815 version 1" in result.stdout
+    from api.app import create_app
+    from engine import config
+
+    app = create_app(config.load(database_url=f"sqlite:///{tmp_path / 'cli.sqlite3'}"))
+    page = app.test_client().get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "Danh mục thủ tục" in html and "2.000815" in html and "Chứng thực" in html

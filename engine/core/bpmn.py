@@ -28,7 +28,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from lxml import etree
 
@@ -384,7 +384,7 @@ def analyse(files: Mapping[str, bytes]) -> tuple[ProcedureDefinition | None, lis
         return None, _capped(a.problems)
 
     steps: dict[str, StepDefinition] = {}
-    for pid, (process, filename) in a.processes.items():
+    for process, filename in a.processes.values():
         _check_process(a, process, filename, steps)
 
     main = _main_process(a)
@@ -786,9 +786,3 @@ def _parse_with_spiff(a: _Analysis, process_id: str) -> Any:
     except Exception as err:  # SpiffWorkflow raises many types on odd input; none may escape
         a.add(f"The workflow engine cannot read the diagram: {type(err).__name__}: {err}")
     return None
-
-
-def iter_problems(problems: Iterable[Problem]) -> Iterable[str]:
-    """Human-readable lines for ``problems`` (CLI output)."""
-    for problem in problems:
-        yield str(problem)

@@ -186,11 +186,6 @@ def _advance(wf: BpmnWorkflow) -> None:
     prune_finished(wf)
 
 
-def is_completed(wf: BpmnWorkflow) -> bool:
-    """True when the workflow has reached its end."""
-    return wf.is_completed()
-
-
 def prune_finished(wf: BpmnWorkflow) -> int:
     """Drop finished tasks the workflow can no longer need; return how many.
 
