@@ -137,7 +137,7 @@ def persisted(engine: Engine, count: int, runs: int) -> float:
             for i in range(count):
                 dossier = services.start_dossier(session, "BENCH.6", {"i": i}, actor="bench", now=now, agency_code=f"B{run}")
                 while tasks := services.open_tasks(session, dossier.code):
-                    services.complete_task(session, tasks[0].id, {}, actor="bench", now=now)
+                    dossier = services.complete_task(session, tasks[0].id, {}, actor="bench", now=now)
                 assert dossier.status == services.DossierStatus.PROCESSED
 
     return _median_rate(runs, count, once)

@@ -28,17 +28,17 @@ from typing import Any, Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 
 from .core import bpmn, runtime
 from .core.calendar import VN_TZ, WorkingCalendar
 from .core.durations import Duration
 from .errors import Conflict, DeploymentRejected, InvalidRequest, NotFound
+from .persistence import dossiers
+from .persistence.dossiers import DossierRecord
 from .persistence.models import (
     AuditEvent,
     CalendarOverride,
     Dossier,
-    DossierCounter,
     Procedure,
     ProcedureFile,
     ProcedureVersion,
@@ -311,13 +311,8 @@ def _next_dossier_code(session: Session, agency_code: str, now: datetime) -> str
     gives the number back, and concurrent receipts queue on the row lock.
     """
     day = now.astimezone(VN_TZ).date()
-    counter = session.get(DossierCounter, (agency_code, day), with_for_update=True)
-    if counter is None:
-        counter = DossierCounter(agency_code=agency_code, day=day, last_number=0)
-        session.add(counter)
-    counter.last_number += 1
-    session.flush()
-    return f"{agency_code}-{day:%y%m%d}-{counter.last_number:04d}"
+    number = dossiers.next_number(session, agency_code, day)
+    return f"{agency_code}-{day:%y%m%d}-{number:04d}"
 
 
 def start_dossier(
@@ -328,12 +323,16 @@ def start_dossier(
     now: datetime,
     agency_code: str = "000.00.00.H00",
     version: int | None = None,
-) -> Dossier:
+) -> DossierRecord:
     """Receive a dossier for ``procedure_code`` and run it to its first human step."""
     if not isinstance(data, Mapping):
         raise InvalidRequest("Dossier data must be an object of field names and values.")
-    proc_version = get_version(session, procedure_code, version)
-    known = _version_runtime(session, proc_version.id)
+    found = dossiers.find_version(session, procedure_code, version)
+    if found is None:
+        get_version(session, procedure_code, version)  # raises NotFound with the precise reason
+        raise NotFound(f"No procedure with code {procedure_code}.")
+    version_id, _number = found
+    known = _version_runtime(session, version_id)
     try:
         wf = runtime.start_workflow(known.spec, dict(data))
     except runtime.EngineError as err:
@@ -343,95 +342,87 @@ def start_dossier(
     calendar = load_calendar(session)
     meta = known.meta
     deadline = _duration(meta.get("deadline_amount"), meta.get("deadline_unit"))
-    clock_start = calendar.next_working_instant(now)
-    dossier = Dossier(
-        code=_next_dossier_code(session, agency_code, now),
-        version=proc_version,
-        agency_code=agency_code,
-        status=DossierStatus.RECEIVED,
-        sub_status="received",
-        data=dict(data),
-        workflow_state="",
-        received_at=now,
-        due_at=due_after(calendar, now, deadline, meta.get("cutoff")) if deadline else None,
-        updated_at=now,
-    )
-    session.add(dossier)
-    _audit(session, now, actor, "dossier.receive", dossier, None, None, str(DossierStatus.RECEIVED), {"clock_start": clock_start.isoformat()})
-    _sync(session, dossier, wf, meta, calendar, actor, now, [], step_completed=False)
+    code = _next_dossier_code(session, agency_code, now)
+    values = {
+        "code": code,
+        "procedure_version_id": version_id,
+        "agency_code": agency_code,
+        "status": DossierStatus.RECEIVED,
+        "sub_status": "received",
+        "data": dict(data),
+        "workflow_state": "",
+        "received_at": now,
+        "due_at": due_after(calendar, now, deadline, meta.get("cutoff")) if deadline else None,
+        "finished_at": None,
+        "updated_at": now,
+    }
+    dossier_id = dossiers.insert_dossier(session, values)
+    record = DossierRecord(id=dossier_id, revision=1, **{k: v for k, v in values.items() if k != "updated_at"})
+    audit = _Audit(actor, now, record.id)
+    audit.add("dossier.receive", None, None, str(DossierStatus.RECEIVED), code, {"clock_start": calendar.next_working_instant(now).isoformat()})
+    _sync(session, record, wf, meta, calendar, audit, [], step_completed=False)
     session.commit()
-    return dossier
+    return record
 
 
 def get_dossier(session: Session, code: str) -> Dossier:
-    dossier = session.scalar(select(Dossier).where(Dossier.code == code))
+    """The dossier ``code`` as stored now."""
+    dossier = session.scalar(select(Dossier).where(Dossier.code == code).execution_options(populate_existing=True))
     if dossier is None:
         raise NotFound(f"No dossier with code {code}.")
     return dossier
 
 
-def open_tasks(session: Session, dossier_code: str) -> list[Task]:
-    """The open human steps of a dossier, oldest first."""
-    dossier = get_dossier(session, dossier_code)
-    return list(
-        session.scalars(
-            select(Task).where(Task.dossier_id == dossier.id, Task.state.in_(TaskState.OPEN)).order_by(Task.id)
-        )
-    )
+def open_tasks(session: Session, dossier_code: str) -> Sequence[Any]:
+    """The open human steps of a dossier, oldest first (rows with the columns of ``tasks``)."""
+    rows = dossiers.open_task_rows_by_code(session, dossier_code)
+    if not rows and dossiers.find_dossier(session, dossier_code) is None:
+        raise NotFound(f"No dossier with code {dossier_code}.")
+    return rows
 
 
-def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor: str, now: datetime) -> Dossier:
+def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor: str, now: datetime) -> DossierRecord:
     """Complete an open step with its form ``data`` and move the dossier on."""
     if not isinstance(data, Mapping):
         raise InvalidRequest("Form data must be an object of field names and values.")
-    # Lock the dossier first, then read the task: two officers completing steps
-    # of one dossier at once queue here instead of overwriting each other.
-    dossier = session.scalar(
-        select(Dossier).join(Task, Task.dossier_id == Dossier.id).where(Task.id == task_id).with_for_update(of=Dossier)
-    )
-    # One read of the dossier's open steps, before anything changes (no autoflush).
-    open_rows = (
-        list(
-            session.scalars(
-                select(Task).where(Task.dossier_id == dossier.id, Task.state.in_(TaskState.OPEN)).execution_options(populate_existing=True)
-            )
-        )
-        if dossier is not None
-        else []
-    )
-    task = next((row for row in open_rows if row.id == task_id), None)
-    if dossier is not None and task is None:
-        task = session.get(Task, task_id, populate_existing=True)
-    if task is None or dossier is None:
+    # Lock the dossier first, then read its open steps: two officers completing
+    # steps of one dossier at once queue here instead of overwriting each other.
+    record, open_rows = dossiers.lock_dossier_with_open_tasks(session, task_id)
+    if record is None:
+        session.rollback()
         raise NotFound(f"No task {task_id}.")
-    if task.state not in TaskState.OPEN:
-        raise Conflict(f"Step '{task.step_name}' of dossier {dossier.code} is already {task.state}.")
+    task = next((row for row in open_rows if row.id == task_id), None)
+    if task is None:
+        state = session.scalar(select(Task.state).where(Task.id == task_id))
+        name = session.scalar(select(Task.step_name).where(Task.id == task_id))
+        session.rollback()
+        raise Conflict(f"Step '{name}' of dossier {record.code} is already {state}.")
     if task.assignee and task.assignee != actor:
+        session.rollback()
         raise Conflict(f"Step '{task.step_name}' is claimed by {task.assignee}.")
-    known = _version_runtime(session, dossier.procedure_version_id)
+    known = _version_runtime(session, record.procedure_version_id)
     meta = known.meta
-    _check_form(meta, task.step_id, data)
-    wf = runtime.load_state(known.spec, dossier.workflow_state)
     try:
+        _check_form(meta, task.step_id, data)
+        wf = runtime.load_state(known.spec, record.workflow_state)
         runtime.complete_task(wf, task.spiff_task_id, dict(data))
     except runtime.EngineError as err:
+        session.rollback()
         raise Conflict(str(err)) from err
+    except InvalidRequest:
+        session.rollback()
+        raise
     except Exception as err:
         session.rollback()
         raise InvalidRequest(f"Step '{task.step_name}' could not be completed: {_reason(err)}") from err
-    before = task.state
-    task.state = TaskState.COMPLETED
-    task.completed_at = now
-    task.completed_by = actor
-    dossier.data = {**dossier.data, **dict(data)}
-    _audit(session, now, actor, "task.complete", dossier, task, before, TaskState.COMPLETED, {"data": dict(data)})
-    _sync(session, dossier, wf, meta, load_calendar(session), actor, now, open_rows, step_completed=True)
-    try:
-        session.commit()
-    except StaleDataError as err:
-        session.rollback()
-        raise Conflict(f"Dossier {dossier.code} changed meanwhile; reload and try again.") from err
-    return dossier
+    dossiers.update_task(session, task.id, {"state": TaskState.COMPLETED, "completed_at": now, "completed_by": actor})
+    record.data = {**record.data, **dict(data)}
+    audit = _Audit(actor, now, record.id)
+    audit.add("task.complete", task.id, task.state, TaskState.COMPLETED, task.step_id, {"data": dict(data)})
+    still_open = [row for row in open_rows if row.id != task.id]
+    _sync(session, record, wf, meta, load_calendar(session), audit, still_open, step_completed=True)
+    session.commit()
+    return record
 
 
 def _check_form(meta: Mapping[str, Any], step_id: str, data: Mapping[str, Any]) -> None:
@@ -441,85 +432,97 @@ def _check_form(meta: Mapping[str, Any], step_id: str, data: Mapping[str, Any]) 
         raise InvalidRequest("Required fields are missing: " + ", ".join(missing) + ".", missing=missing)
 
 
+class _Audit:
+    """Audit rows of one unit of work, written with one statement."""
+
+    def __init__(self, actor: str, now: datetime, dossier_id: int | None) -> None:
+        self.actor, self.now, self.dossier_id = actor, now, dossier_id
+        self.rows: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        action: str,
+        task_id: int | None,
+        from_state: str | None,
+        to_state: str | None,
+        subject: str | None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.rows.append(
+            {
+                "at": self.now,
+                "actor": self.actor,
+                "action": action,
+                "dossier_id": self.dossier_id,
+                "task_id": task_id,
+                "subject": subject,
+                "from_state": from_state,
+                "to_state": to_state,
+                "details": dict(details or {}),
+            }
+        )
+
+
 def _sync(
     session: Session,
-    dossier: Dossier,
+    record: DossierRecord,
     wf: Any,
     meta: Mapping[str, Any],
     calendar: WorkingCalendar,
-    actor: str,
-    now: datetime,
-    open_rows: Sequence[Task],
+    audit: _Audit,
+    open_rows: Sequence[Any],
     step_completed: bool,
 ) -> None:
-    """Store the workflow state and make the task rows match its ready steps."""
-    dossier.workflow_state = runtime.dump_state(wf)
-    dossier.updated_at = now
+    """Store the workflow state, make the task rows match its ready steps, audit it all."""
+    now = audit.now
+    record.workflow_state = runtime.dump_state(wf)
     ready = {t.task_id: t for t in runtime.human_tasks(wf)}
-    known = {row.spiff_task_id: row for row in open_rows if row.state in TaskState.OPEN}
+    known = {row.spiff_task_id: row for row in open_rows}
     for spiff_id, row in known.items():
         if spiff_id not in ready:  # cancelled by the workflow (e.g. a branch was cut)
-            row.state = TaskState.CANCELLED
-            row.completed_at = now
-            _audit(session, now, actor, "task.cancel", dossier, row, TaskState.READY, TaskState.CANCELLED, {})
+            dossiers.update_task(session, row.id, {"state": TaskState.CANCELLED, "completed_at": now})
+            audit.add("task.cancel", row.id, row.state, TaskState.CANCELLED, row.step_id)
     steps = meta.get("steps", {})
     for spiff_id, human in ready.items():
         if spiff_id in known:
             continue
         step = steps.get(human.step_id, {})
         allotment = _duration(step.get("allotment_amount"), step.get("allotment_unit"))
-        row = Task(
-            dossier=dossier,
-            spiff_task_id=spiff_id,
-            step_id=human.step_id,
-            step_name=human.step_name,
-            process_id=human.process_id,
-            lane=step.get("lane_name") or human.lane,
-            role=step.get("role"),
-            agency=step.get("agency"),
-            state=TaskState.READY,
-            started_at=now,
-            due_at=due_after(calendar, now, allotment) if allotment else None,
+        task_id = dossiers.insert_task(
+            session,
+            {
+                "dossier_id": record.id,
+                "spiff_task_id": spiff_id,
+                "step_id": human.step_id,
+                "step_name": human.step_name,
+                "process_id": human.process_id,
+                "lane": step.get("lane_name") or human.lane,
+                "role": step.get("role"),
+                "agency": step.get("agency"),
+                "state": TaskState.READY,
+                "assignee": None,
+                "started_at": now,
+                "due_at": due_after(calendar, now, allotment) if allotment else None,
+                "completed_at": None,
+                "completed_by": None,
+            },
         )
-        session.add(row)
-        _audit(session, now, actor, "task.ready", dossier, row, None, TaskState.READY, {"step": human.step_id})
+        audit.add("task.ready", task_id, None, TaskState.READY, human.step_id)
     if wf.is_completed():
-        _set_status(session, dossier, DossierStatus.PROCESSED, "processed", actor, now)
-        dossier.finished_at = now
-    elif step_completed and dossier.status == DossierStatus.RECEIVED:
-        _set_status(session, dossier, DossierStatus.PROCESSING, "processing", actor, now)
+        _set_status(record, DossierStatus.PROCESSED, "processed", audit)
+        record.finished_at = now
+    elif step_completed and record.status == DossierStatus.RECEIVED:
+        _set_status(record, DossierStatus.PROCESSING, "processing", audit)
+    if not dossiers.save_dossier(session, record, now):
+        session.rollback()
+        raise Conflict(f"Dossier {record.code} changed meanwhile; reload and try again.")
+    dossiers.add_audit(session, audit.rows)
 
 
-def _set_status(session: Session, dossier: Dossier, status: int, sub_status: str, actor: str, now: datetime) -> None:
-    before = dossier.status
-    dossier.status, dossier.sub_status = status, sub_status
-    _audit(session, now, actor, "dossier.status", dossier, None, str(before), str(status), {"sub_status": sub_status})
-
-
-def _audit(
-    session: Session,
-    now: datetime,
-    actor: str,
-    action: str,
-    dossier: Dossier | None,
-    task: Task | None,
-    from_state: str | None,
-    to_state: str | None,
-    details: Mapping[str, Any],
-) -> None:
-    session.add(
-        AuditEvent(
-            at=now,
-            actor=actor,
-            action=action,
-            dossier=dossier,
-            task=task,
-            subject=(task.step_id if task else dossier.code if dossier else None),
-            from_state=from_state,
-            to_state=to_state,
-            details=dict(details),
-        )
-    )
+def _set_status(record: DossierRecord, status: int, sub_status: str, audit: _Audit) -> None:
+    before = record.status
+    record.status, record.sub_status = status, sub_status
+    audit.add("dossier.status", None, str(before), str(status), record.code, {"sub_status": sub_status})
 
 
 def dossier_history(session: Session, code: str) -> Sequence[AuditEvent]:
