@@ -31,9 +31,9 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
     app.extensions["motcua.engine"] = engine
     app.extensions["motcua.sessions"] = make_session_factory(engine)
 
-    from . import bp as api_bp
-
     from admin import bp as admin_bp
+
+    from . import bp as api_bp
 
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(admin_bp)

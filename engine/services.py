@@ -17,12 +17,12 @@ Example::
 from __future__ import annotations
 
 import threading
-from time import monotonic as _monotonic
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from functools import lru_cache
 from decimal import Decimal
+from functools import lru_cache
+from time import monotonic as _monotonic
 from typing import Any, Mapping, Sequence
 
 from sqlalchemy import select

@@ -16,7 +16,15 @@ from typing import Any, Iterable, Mapping, Sequence
 from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from .models import AuditEvent, Dossier, DossierCounter, Procedure, ProcedureVersion, Task, TaskState
+from .models import (
+    AuditEvent,
+    Dossier,
+    DossierCounter,
+    Procedure,
+    ProcedureVersion,
+    Task,
+    TaskState,
+)
 
 __all__ = [
     "DossierRecord",
