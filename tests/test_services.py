@@ -220,3 +220,41 @@ def test_calendar_overrides_move_due_dates(session: Session, now: datetime) -> N
     assert handle.due_at.astimezone(VN_TZ) == datetime(2026, 3, 5, 8, 0, tzinfo=VN_TZ)
     with pytest.raises(InvalidRequest):
         services.add_calendar_override(session, datetime(2026, 3, 4).date(), "holiday", None, actor="admin", now=now)
+
+
+@pytest.mark.parametrize(
+    "answers, expected_branches",
+    [({"has_land": True, "has_house": True}, {"x", "y"}), ({"has_land": False, "has_house": True}, {"y"}), ({"has_land": False, "has_house": False}, {"z"})],
+)
+def test_inclusive_gateway_and_embedded_subprocess(session: Session, now: datetime, answers: dict, expected_branches: set) -> None:
+    services.deploy(session, fixture_bytes("inclusive_subprocess.bpmn"), actor="designer", now=now)
+    dossier = services.start_dossier(session, "1.999004", {}, actor="desk", now=now)
+    [classify] = services.open_tasks(session, dossier.code)
+    services.complete_task(session, classify.id, answers, actor="officer", now=now)
+    branches = services.open_tasks(session, dossier.code)
+    assert {t.step_id for t in branches} == expected_branches
+    for task in branches:
+        services.complete_task(session, task.id, {}, actor="officer", now=now)
+    [inner] = services.open_tasks(session, dossier.code)
+    assert inner.step_id == "sub_t"  # the join waited for exactly the branches taken
+    services.complete_task(session, inner.id, {}, actor="officer", now=now)
+    assert services.get_dossier(session, dossier.code).status == services.DossierStatus.PROCESSED
+
+
+def test_parallel_block_inside_a_rework_loop(session: Session, now: datetime) -> None:
+    services.deploy(session, fixture_bytes("parallel_loop.bpmn"), actor="designer", now=now)
+    dossier = services.start_dossier(session, "1.999005", {}, actor="desk", now=now)
+    sizes = []
+    for round_ in range(6):
+        branches = services.open_tasks(session, dossier.code)
+        assert sorted(t.step_id for t in branches) == ["a", "b"], (round_, branches)
+        # Complete in alternating order: the join must wait for both every time.
+        for task in branches if round_ % 2 else reversed(branches):
+            assert "review" not in {t.step_id for t in services.open_tasks(session, dossier.code)}
+            services.complete_task(session, task.id, {}, actor="officer", now=now)
+        [review] = services.open_tasks(session, dossier.code)
+        assert review.step_id == "review"
+        services.complete_task(session, review.id, {"rework": round_ < 5}, actor="leader", now=now)
+        sizes.append(len(services.get_dossier(session, dossier.code).workflow_state))
+    assert services.get_dossier(session, dossier.code).status == services.DossierStatus.PROCESSED
+    assert max(sizes[:-1]) <= sizes[0] * 1.2, sizes

@@ -231,7 +231,11 @@ def _prune_one(top: BpmnWorkflow, wf: Any) -> int:
         task = tasks.get(tid)
         if task is not None:
             _forget(top, wf, task)
-    # Splice chains of finished single-child ancestors.
+    # Splice out older repeats: a finished single-child ancestor whose step
+    # occurs again further down. SpiffWorkflow looks up the ancestor chain for
+    # *which* steps came before (loop-back parallel gateways, structured
+    # joins), never for how often, so the latest instance of each is enough.
+    later = _specs_below(root, tasks)
     spliced = 0
     for task in list(tasks.values()):
         if task is root or task.id == getattr(wf.last_task, "id", None) or not task.has_state(TaskState.COMPLETED):
@@ -241,6 +245,8 @@ def _prune_one(top: BpmnWorkflow, wf: Any) -> int:
             continue
         child = tasks.get(children[0])
         if child is None or not child.has_state(TaskState.COMPLETED):
+            continue
+        if task.task_spec.name not in later.get(child.id, ()):
             continue
         if isinstance(task.task_spec, SubWorkflowTask) and task.id in top.subprocesses:
             continue
@@ -252,6 +258,23 @@ def _prune_one(top: BpmnWorkflow, wf: Any) -> int:
         del tasks[task.id]
         spliced += 1
     return len(dead) + spliced
+
+
+def _specs_below(root: Any, tasks: Mapping[UUID, Any]) -> dict[UUID, frozenset[str]]:
+    """For every task, the names of the specs in its subtree (itself included)."""
+    order: list[Any] = []
+    stack = [root]
+    while stack:  # iterative: a long history must not hit the recursion limit
+        node = stack.pop()
+        order.append(node)
+        stack.extend(tasks[c] for c in node._children if c in tasks)
+    below: dict[UUID, frozenset[str]] = {}
+    for node in reversed(order):
+        names = {node.task_spec.name}
+        for c in node._children:
+            names |= below.get(c, frozenset())
+        below[node.id] = frozenset(names)
+    return below
 
 
 def _forget(top: BpmnWorkflow, wf: Any, task: Any) -> None:
