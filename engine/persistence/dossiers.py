@@ -177,27 +177,7 @@ def lock_dossier_with_open_tasks(session: Session, task_id: int) -> tuple[Dossie
         return lock_dossier_of_task(session, task_id), []
     first = rows[0]._mapping
     record = DossierRecord(**{c.name: first[f"d_{c.name}"] for c in _COLUMNS})
-    tasks = [_TaskRow(**{c.name: row._mapping[c] for c in _T.columns}) for row in rows]
-    return record, tasks
-
-
-@dataclass(frozen=True)
-class _TaskRow:
-    id: int
-    dossier_id: int
-    spiff_task_id: str
-    step_id: str
-    step_name: str
-    process_id: str
-    lane: str | None
-    role: str | None
-    agency: str | None
-    state: str
-    assignee: str | None
-    started_at: datetime
-    due_at: datetime | None
-    completed_at: datetime | None
-    completed_by: str | None
+    return record, list(rows)  # task columns keep their names; dossier ones are prefixed d_
 
 
 def open_task_rows(session: Session, dossier_id: int) -> Sequence[Row[Any]]:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Boolean,
     Integer,
     LargeBinary,
     MetaData,
@@ -28,7 +29,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
+    "Agency",
     "AuditEvent",
+    "Escalation",
+    "Handover",
+    "Officer",
+    "OfficerRole",
+    "OutboxMessage",
     "Base",
     "CalendarOverride",
     "Dossier",
@@ -155,6 +162,20 @@ class Dossier(Base):
     code: Mapped[str] = mapped_column(String(64), unique=True)
     procedure_version_id: Mapped[int] = mapped_column(ForeignKey("procedure_versions.id"), index=True)
     agency_code: Mapped[str] = mapped_column(String(64))
+    #: Agency the dossier belongs to (e.g. the applicant's commune); lanes resolve from it.
+    home_agency_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id"))
+    #: The desk that received it (may be anywhere in the province).
+    receiving_agency_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id"))
+    applicant_name: Mapped[str | None] = mapped_column(String(200))
+    applicant_phone: Mapped[str | None] = mapped_column(String(30))
+    applicant_email: Mapped[str | None] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(20), default="in_person")  # in_person | online | post
+    paused_at: Mapped[datetime | None]
+    pause_reason: Mapped[str | None] = mapped_column(String(30))
+    supplement_requests: Mapped[int] = mapped_column(Integer, default=0)
+    new_appointment_at: Mapped[datetime | None]
+    returned_at: Mapped[datetime | None]
+    return_channel: Mapped[str | None] = mapped_column(String(20))
     #: National portal status (TrangThaiHoSo) 1–10.
     status: Mapped[int] = mapped_column(Integer)
     sub_status: Mapped[str | None] = mapped_column(String(50))
@@ -207,6 +228,12 @@ class Task(Base):
     due_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     completed_by: Mapped[str | None] = mapped_column(String(200))
+    #: Agency resolved from the lane at run time.
+    agency_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id"), index=True)
+    claimed_at: Mapped[datetime | None]
+    #: Judgement against the step's own allotment: early | on_time | late.
+    result: Mapped[str | None] = mapped_column(String(20))
+    note: Mapped[str | None] = mapped_column(Text)
 
     dossier: Mapped[Dossier] = relationship()
 
@@ -242,3 +269,104 @@ class CalendarOverride(Base):
     note: Mapped[str | None] = mapped_column(String(500))
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime]
+
+
+class Agency(Base):
+    """An agency in the province's tree (province → department/district → commune …).
+
+    ``kind`` names what the agency is (``ubnd``, ``vpdk`` land registration,
+    ``thue`` tax, ``cong_an`` police, ``bhxh`` social insurance, ``so`` a
+    department …) so that lanes can name "the tax office serving this dossier".
+    """
+
+    __tablename__ = "agencies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(300))
+    level: Mapped[str] = mapped_column(String(30))  # province | department | district | commune | unit
+    kind: Mapped[str] = mapped_column(String(50), default="ubnd")
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id"), index=True)
+    successor_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    email: Mapped[str | None] = mapped_column(String(200))
+
+
+class Officer(Base):
+    """A person who works in the system (officer, leader, supervisor …)."""
+
+    __tablename__ = "officers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    full_name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(200))
+    phone: Mapped[str | None] = mapped_column(String(30))
+    password_hash: Mapped[str | None] = mapped_column(String(300))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class OfficerRole(Base):
+    """An officer holds a role at an agency."""
+
+    __tablename__ = "officer_roles"
+    __table_args__ = (UniqueConstraint("officer_id", "agency_id", "role"), Index("ix_officer_roles_agency_role", "agency_id", "role"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    officer_id: Mapped[int] = mapped_column(ForeignKey("officers.id"))
+    agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"))
+    role: Mapped[str] = mapped_column(String(50))
+
+
+class Handover(Base):
+    """A hand-over of a dossier from one agency to another (liên thông)."""
+
+    __tablename__ = "handovers"
+    __table_args__ = (Index(None, "dossier_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dossier_id: Mapped[int] = mapped_column(ForeignKey("dossiers.id"))
+    from_agency_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id"))
+    to_agency_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id"))
+    from_task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
+    to_task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
+    sent_by: Mapped[str] = mapped_column(String(200))
+    sent_at: Mapped[datetime]
+    received_by: Mapped[str | None] = mapped_column(String(200))
+    received_at: Mapped[datetime | None]
+
+
+class Escalation(Base):
+    """One rung of a step's escalation ladder, due at a given instant; fired once."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (UniqueConstraint("task_id", "level"), Index("ix_escalations_pending", "state", "due_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    dossier_id: Mapped[int] = mapped_column(ForeignKey("dossiers.id"))
+    level: Mapped[str] = mapped_column(String(30))  # warning | head_of_unit | leader | supervisor
+    due_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | fired | cancelled
+    fired_at: Mapped[datetime | None]
+
+
+class OutboxMessage(Base):
+    """A notification written in the transaction of the change that causes it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime]
+    channel: Mapped[str] = mapped_column(String(20))  # email | sms | zalo | log
+    recipient: Mapped[str] = mapped_column(String(300))
+    subject: Mapped[str] = mapped_column(String(500))
+    body: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(100))
+    dossier_id: Mapped[int | None] = mapped_column(ForeignKey("dossiers.id"))
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | sending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
