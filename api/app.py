@@ -19,7 +19,7 @@ __all__ = ["create_app", "db_session"]
 log = logging.getLogger(__name__)
 
 #: HTTP status for each kind of engine error (the one place this mapping lives).
-ERROR_STATUS = {"not_found": 404, "conflict": 409, "invalid": 400, "rejected": 422, "error": 400}
+ERROR_STATUS = {"not_found": 404, "conflict": 409, "forbidden": 403, "invalid": 400, "rejected": 422, "error": 400}
 
 
 def create_app(settings: config_module.Settings | None = None, **overrides: Any) -> Flask:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["EngineError", "NotFound", "Conflict", "InvalidRequest", "DeploymentRejected"]
+__all__ = ["EngineError", "NotFound", "Conflict", "Forbidden", "InvalidRequest", "DeploymentRejected"]
 
 
 class EngineError(Exception):
@@ -28,6 +28,12 @@ class Conflict(EngineError):
     """The request clashes with the current state (already done, changed meanwhile)."""
 
     status = "conflict"
+
+
+class Forbidden(EngineError):
+    """The person asking may not do this (wrong role or agency)."""
+
+    status = "forbidden"
 
 
 class InvalidRequest(EngineError):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from time import monotonic as _monotonic
@@ -29,10 +29,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import organisation
 from .core import bpmn, runtime
+from .core.assignment import AgencyTree, AssignmentError
 from .core.calendar import VN_TZ, WorkingCalendar
 from .core.durations import Duration
-from .errors import Conflict, DeploymentRejected, InvalidRequest, NotFound
+from .errors import Conflict, DeploymentRejected, Forbidden, InvalidRequest, NotFound
 from .persistence import dossiers
 from .persistence.dossiers import DossierRecord
 from .persistence.models import (
@@ -323,10 +325,27 @@ def start_dossier(
     now: datetime,
     agency_code: str = "000.00.00.H00",
     version: int | None = None,
+    home_agency_code: str | None = None,
+    applicant: Mapping[str, str | None] | None = None,
+    channel: str = "in_person",
 ) -> DossierRecord:
-    """Receive a dossier for ``procedure_code`` and run it to its first human step."""
+    """Receive a dossier for ``procedure_code`` and run it to its first human step.
+
+    ``agency_code`` is the receiving desk (its code prefixes the dossier code);
+    ``home_agency_code`` the agency the dossier belongs to — any desk of the
+    province may receive for any other (phi địa giới hành chính). Lanes resolve
+    from the home agency. ``applicant`` carries ``name``, ``phone``, ``email``.
+    """
     if not isinstance(data, Mapping):
         raise InvalidRequest("Dossier data must be an object of field names and values.")
+    if channel not in CHANNELS:
+        raise InvalidRequest(f"Channel must be one of {', '.join(CHANNELS)}, not '{channel}'.")
+    tree = organisation.agency_tree(session)
+    receiving = tree.by_code.get(agency_code)
+    home = tree.by_code.get(home_agency_code) if home_agency_code else receiving
+    if home_agency_code and home is None:
+        raise NotFound(f"No agency with code {home_agency_code}.")
+    applicant = applicant or {}
     found = dossiers.find_version(session, procedure_code, version)
     if found is None:
         get_version(session, procedure_code, version)  # raises NotFound with the precise reason
@@ -355,12 +374,18 @@ def start_dossier(
         "due_at": due_after(calendar, now, deadline, meta.get("cutoff")) if deadline else None,
         "finished_at": None,
         "updated_at": now,
+        "home_agency_id": home.id if home else None,
+        "receiving_agency_id": receiving.id if receiving else None,
+        "applicant_name": applicant.get("name"),
+        "applicant_phone": applicant.get("phone"),
+        "applicant_email": applicant.get("email"),
+        "channel": channel,
     }
     dossier_id = dossiers.insert_dossier(session, values)
     record = DossierRecord(id=dossier_id, revision=1, **{k: v for k, v in values.items() if k != "updated_at"})
     audit = _Audit(actor, now, record.id)
     audit.add("dossier.receive", None, None, str(DossierStatus.RECEIVED), code, {"clock_start": calendar.next_working_instant(now).isoformat()})
-    _sync(session, record, wf, meta, calendar, audit, [], step_completed=False)
+    _sync(session, record, wf, meta, calendar, audit, [], completed=None, tree=tree)
     session.commit()
     return record
 
@@ -400,6 +425,12 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
     if task.assignee and task.assignee != actor:
         session.rollback()
         raise Conflict(f"Step '{task.step_name}' is claimed by {task.assignee}.")
+    if task.agency_id is not None and not task.assignee and not organisation.holds_role(session, actor, task.role, task.agency_id):
+        session.rollback()
+        raise Forbidden(f"{actor} does not hold the role '{task.role}' at the agency of step '{task.step_name}'.")
+    if record.paused_at is not None:
+        session.rollback()
+        raise Conflict(f"Dossier {record.code} is paused ({record.pause_reason}); resume it first.")
     known = _version_runtime(session, record.procedure_version_id)
     meta = known.meta
     try:
@@ -415,12 +446,16 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
     except Exception as err:
         session.rollback()
         raise InvalidRequest(f"Step '{task.step_name}' could not be completed: {_reason(err)}") from err
-    dossiers.update_task(session, task.id, {"state": TaskState.COMPLETED, "completed_at": now, "completed_by": actor})
+    result = judge(now, task.due_at)
+    dossiers.update_task(
+        session, task.id, {"state": TaskState.COMPLETED, "completed_at": now, "completed_by": actor, "result": result}
+    )
+    dossiers.cancel_escalations(session, task.id)
     record.data = {**record.data, **dict(data)}
     audit = _Audit(actor, now, record.id)
-    audit.add("task.complete", task.id, task.state, TaskState.COMPLETED, task.step_id, {"data": dict(data)})
+    audit.add("task.complete", task.id, task.state, TaskState.COMPLETED, task.step_id, {"data": dict(data), "result": result})
     still_open = [row for row in open_rows if row.id != task.id]
-    _sync(session, record, wf, meta, load_calendar(session), audit, still_open, step_completed=True)
+    _sync(session, record, wf, meta, load_calendar(session), audit, still_open, completed=task)
     session.commit()
     return record
 
@@ -471,16 +506,23 @@ def _sync(
     calendar: WorkingCalendar,
     audit: _Audit,
     open_rows: Sequence[Any],
-    step_completed: bool,
+    completed: Any | None,
+    tree: AgencyTree | None = None,
 ) -> None:
-    """Store the workflow state, make the task rows match its ready steps, audit it all."""
+    """Store the workflow state, make the task rows match its ready steps, audit it all.
+
+    ``completed`` is the task row just completed (None at receipt): a new step
+    at another agency is a hand-over (liên thông) from it.
+    """
     now = audit.now
+    step_completed = completed is not None
     record.workflow_state = runtime.dump_state(wf)
     ready = {t.task_id: t for t in runtime.human_tasks(wf)}
     known = {row.spiff_task_id: row for row in open_rows}
     for spiff_id, row in known.items():
         if spiff_id not in ready:  # cancelled by the workflow (e.g. a branch was cut)
             dossiers.update_task(session, row.id, {"state": TaskState.CANCELLED, "completed_at": now})
+            dossiers.cancel_escalations(session, row.id)
             audit.add("task.cancel", row.id, row.state, TaskState.CANCELLED, row.step_id)
     steps = meta.get("steps", {})
     for spiff_id, human in ready.items():
@@ -488,6 +530,8 @@ def _sync(
             continue
         step = steps.get(human.step_id, {})
         allotment = _duration(step.get("allotment_amount"), step.get("allotment_unit"))
+        agency_id = _resolve_agency(session, tree, record, step, human.step_name)
+        due_at = due_after(calendar, now, allotment) if allotment else None
         task_id = dossiers.insert_task(
             session,
             {
@@ -498,16 +542,33 @@ def _sync(
                 "process_id": human.process_id,
                 "lane": step.get("lane_name") or human.lane,
                 "role": step.get("role"),
-                "agency": step.get("agency"),
+                "agency": tree_code(session, tree, agency_id),
+                "agency_id": agency_id,
                 "state": TaskState.READY,
                 "assignee": None,
                 "started_at": now,
-                "due_at": due_after(calendar, now, allotment) if allotment else None,
+                "due_at": due_at,
                 "completed_at": None,
                 "completed_by": None,
             },
         )
-        audit.add("task.ready", task_id, None, TaskState.READY, human.step_id)
+        audit.add("task.ready", task_id, None, TaskState.READY, human.step_id, {"agency_id": agency_id})
+        if due_at is not None:
+            dossiers.add_escalations(session, escalation_ladder(calendar, task_id, record.id, now, due_at))
+        source = completed.agency_id if completed is not None else record.receiving_agency_id
+        if agency_id is not None and source is not None and source != agency_id:
+            dossiers.add_handover(
+                session,
+                {
+                    "dossier_id": record.id,
+                    "from_agency_id": source,
+                    "to_agency_id": agency_id,
+                    "from_task_id": completed.id if completed is not None else None,
+                    "to_task_id": task_id,
+                    "sent_by": audit.actor,
+                    "sent_at": now,
+                },
+            )
     if wf.is_completed():
         _set_status(record, DossierStatus.PROCESSED, "processed", audit)
         record.finished_at = now
@@ -517,6 +578,60 @@ def _sync(
         session.rollback()
         raise Conflict(f"Dossier {record.code} changed meanwhile; reload and try again.")
     dossiers.add_audit(session, audit.rows)
+
+
+#: Channels a dossier can come in by.
+CHANNELS = ("in_person", "online", "post")
+
+
+def judge(finished_at: datetime, due_at: datetime | None) -> str | None:
+    """Trước hạn / đúng hạn / trễ hạn: ``early`` (before the due day), ``on_time`` (on it), ``late``."""
+    if due_at is None:
+        return None
+    if finished_at > due_at:
+        return "late"
+    if finished_at.astimezone(VN_TZ).date() < due_at.astimezone(VN_TZ).date():
+        return "early"
+    return "on_time"
+
+
+#: The default ladder: who hears of a step, and when (working hours from its due time).
+ESCALATION_LADDER = (("warning", -4.0), ("head_of_unit", 0.0), ("leader", 8.0), ("supervisor", 16.0))
+
+
+def escalation_ladder(calendar: WorkingCalendar, task_id: int, dossier_id: int, started_at: datetime, due_at: datetime) -> list[dict[str, Any]]:
+    """The escalation rows of a step that became ready at ``started_at``, due at ``due_at``."""
+    allotted = calendar.working_time_between(started_at, due_at)
+    rows = []
+    for level, hours in ESCALATION_LADDER:
+        if hours < 0:
+            # The warning comes half a working day before the due time, or half-way for short steps.
+            lead = min(timedelta(hours=-hours), allotted / 2)
+            at = calendar.add_working_time(started_at, allotted - lead)
+        elif hours == 0:
+            at = due_at
+        else:
+            at = calendar.add_working_hours(due_at, hours)
+        rows.append({"task_id": task_id, "dossier_id": dossier_id, "level": level, "due_at": at, "state": "pending", "fired_at": None})
+    return rows
+
+
+def _resolve_agency(session: Session, tree: AgencyTree | None, record: DossierRecord, step: Mapping[str, Any], name: str) -> int | None:
+    if record.home_agency_id is None:
+        return None
+    tree = tree or organisation.agency_tree(session)
+    try:
+        return tree.resolve(step.get("agency"), record.home_agency_id)
+    except AssignmentError as err:
+        session.rollback()
+        raise Conflict(f"No agency for step '{name}' of dossier {record.code}: {err}") from err
+
+
+def tree_code(session: Session, tree: AgencyTree | None, agency_id: int | None) -> str | None:
+    if agency_id is None:
+        return None
+    tree = tree or organisation.agency_tree(session)
+    return tree.nodes[agency_id].code
 
 
 def _set_status(record: DossierRecord, status: int, sub_status: str, audit: _Audit) -> None:

@@ -69,13 +69,13 @@ def test_dossier_runs_six_steps_to_the_end(session: Session, now: datetime) -> N
     clock = now
     while tasks := services.open_tasks(session, dossier.code):
         [task] = tasks
-        seen.append((task.step_id, task.role, task.agency))
+        seen.append((task.step_id, task.role, task.lane))
         clock += timedelta(hours=1)
         services.complete_task(session, task.id, {f"done_{task.step_id}": True}, actor="officer", now=clock)
         if task.step_id == "s1":
             assert services.get_dossier(session, dossier.code).status == services.DossierStatus.PROCESSING
     assert [s[0] for s in seen] == ["s1", "s2", "s3", "s4", "s5", "s6"]
-    assert seen[2] == ("s3", "officer", "named:VPDK")
+    assert seen[2] == ("s3", "officer", "Văn phòng đăng ký đất đai")
     finished = services.get_dossier(session, dossier.code)
     assert finished.status == services.DossierStatus.PROCESSED
     assert finished.finished_at is not None
@@ -131,10 +131,10 @@ def test_parallel_branches_and_call_activity(session: Session, now: datetime) ->
     [receive] = services.open_tasks(session, dossier.code)
     services.complete_task(session, receive.id, {}, actor="desk", now=now)
     branches = services.open_tasks(session, dossier.code)
-    assert sorted((t.step_id, t.agency) for t in branches) == [
-        ("insurance", "named:BHXH"),
-        ("police", "named:CA"),
-        ("verify", "dossier.commune"),
+    assert sorted((t.step_id, t.lane) for t in branches) == [
+        ("insurance", "BHXH"),
+        ("police", "Công an"),
+        ("verify", "Công chức tư pháp"),
     ]
     verify = next(t for t in branches if t.step_id == "verify")
     assert verify.process_id == "Verify"

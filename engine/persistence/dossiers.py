@@ -20,6 +20,8 @@ from .models import (
     AuditEvent,
     Dossier,
     DossierCounter,
+    Escalation,
+    Handover,
     Procedure,
     ProcedureVersion,
     Task,
@@ -28,6 +30,10 @@ from .models import (
 
 __all__ = [
     "DossierRecord",
+    "add_escalations",
+    "add_handover",
+    "cancel_escalations",
+    "receive_handover",
     "add_audit",
     "find_dossier",
     "find_version",
@@ -58,6 +64,33 @@ _COLUMNS = (
     _D.c.due_at,
     _D.c.finished_at,
     _D.c.revision,
+    _D.c.home_agency_id,
+    _D.c.receiving_agency_id,
+    _D.c.applicant_name,
+    _D.c.applicant_phone,
+    _D.c.applicant_email,
+    _D.c.channel,
+    _D.c.paused_at,
+    _D.c.pause_reason,
+    _D.c.supplement_requests,
+    _D.c.new_appointment_at,
+    _D.c.returned_at,
+    _D.c.return_channel,
+)
+#: Columns a use case may change (written back by :func:`save_dossier`).
+_MUTABLE = (
+    "status",
+    "sub_status",
+    "data",
+    "workflow_state",
+    "due_at",
+    "finished_at",
+    "paused_at",
+    "pause_reason",
+    "supplement_requests",
+    "new_appointment_at",
+    "returned_at",
+    "return_channel",
 )
 
 
@@ -77,6 +110,18 @@ class DossierRecord:
     due_at: datetime | None
     finished_at: datetime | None
     revision: int
+    home_agency_id: int | None = None
+    receiving_agency_id: int | None = None
+    applicant_name: str | None = None
+    applicant_phone: str | None = None
+    applicant_email: str | None = None
+    channel: str = "in_person"
+    paused_at: datetime | None = None
+    pause_reason: str | None = None
+    supplement_requests: int = 0
+    new_appointment_at: datetime | None = None
+    returned_at: datetime | None = None
+    return_channel: str | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> "DossierRecord":
@@ -200,12 +245,7 @@ def save_dossier(session: Session, record: DossierRecord, updated_at: datetime) 
         {
             "b_id": record.id,
             "b_revision": record.revision,
-            "status": record.status,
-            "sub_status": record.sub_status,
-            "data": record.data,
-            "workflow_state": record.workflow_state,
-            "due_at": record.due_at,
-            "finished_at": record.finished_at,
+            **{name: getattr(record, name) for name in _MUTABLE},
             "updated_at": updated_at,
             "revision": record.revision + 1,
         },
@@ -222,6 +262,38 @@ def insert_task(session: Session, values: Mapping[str, Any]) -> int:
 
 def update_task(session: Session, task_id: int, values: Mapping[str, Any]) -> None:
     session.connection().execute(_UPDATE_TASK, {"b_id": task_id, **values})
+
+
+_E = Escalation.__table__
+_H = Handover.__table__
+_INSERT_ESCALATIONS = insert(_E)
+_CANCEL_ESCALATIONS = (
+    update(_E).where(_E.c.task_id == bindparam("b_task_id"), _E.c.state == "pending").values(state="cancelled")
+)
+_INSERT_HANDOVER = insert(_H)
+_RECEIVE_HANDOVER = (
+    update(_H)
+    .where(_H.c.to_task_id == bindparam("b_task_id"), _H.c.received_at.is_(None))
+    .values(received_by=bindparam("received_by"), received_at=bindparam("received_at"))
+)
+
+
+def add_escalations(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
+    rows = [dict(r) for r in rows]
+    if rows:
+        session.connection().execute(_INSERT_ESCALATIONS, rows)
+
+
+def cancel_escalations(session: Session, task_id: int) -> None:
+    session.connection().execute(_CANCEL_ESCALATIONS, {"b_task_id": task_id})
+
+
+def add_handover(session: Session, values: Mapping[str, Any]) -> None:
+    session.connection().execute(_INSERT_HANDOVER, dict(values))
+
+
+def receive_handover(session: Session, task_id: int, username: str, at: datetime) -> None:
+    session.connection().execute(_RECEIVE_HANDOVER, {"b_task_id": task_id, "received_by": username, "received_at": at})
 
 
 def add_audit(session: Session, events: Iterable[Mapping[str, Any]]) -> None:

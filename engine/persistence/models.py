@@ -206,7 +206,6 @@ class Task(Base):
 
     __tablename__ = "tasks"
     __table_args__ = (
-        UniqueConstraint("dossier_id", "spiff_task_id"),
         Index("ix_tasks_queue", "state", "role", "agency", "due_at"),
         Index("ix_tasks_assignee", "assignee", "state", "due_at"),
         Index("ix_tasks_due", "state", "due_at"),

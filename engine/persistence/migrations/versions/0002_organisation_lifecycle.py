@@ -136,6 +136,8 @@ def upgrade() -> None:
         batch_op.create_foreign_key(batch_op.f('fk_dossiers_home_agency_id_agencies'), 'agencies', ['home_agency_id'], ['id'])
 
     with op.batch_alter_table('tasks', schema=None) as batch_op:
+        # A step returned for rework is run again under the same workflow task id.
+        batch_op.drop_constraint('uq_tasks_dossier_id_spiff_task_id', type_='unique')
         batch_op.add_column(sa.Column('agency_id', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('result', sa.String(length=20), nullable=True))
@@ -154,6 +156,7 @@ def downgrade() -> None:
         batch_op.drop_column('result')
         batch_op.drop_column('claimed_at')
         batch_op.drop_column('agency_id')
+        batch_op.create_unique_constraint('uq_tasks_dossier_id_spiff_task_id', ['dossier_id', 'spiff_task_id'])
 
     with op.batch_alter_table('dossiers', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('fk_dossiers_home_agency_id_agencies'), type_='foreignkey')
