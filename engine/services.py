@@ -44,6 +44,7 @@ from .persistence.models import (
     Procedure,
     ProcedureFile,
     ProcedureVersion,
+    OutboxMessage,
     Task,
     TaskState,
 )
@@ -385,6 +386,11 @@ def start_dossier(
     record = DossierRecord(id=dossier_id, revision=1, **{k: v for k, v in values.items() if k != "updated_at"})
     audit = _Audit(actor, now, record.id)
     audit.add("dossier.receive", None, None, str(DossierStatus.RECEIVED), code, {"clock_start": calendar.next_working_instant(now).isoformat()})
+    if record.due_at is not None:
+        notify_applicant(
+            session, record, "dossier.received", f"Hồ sơ {code} đã được tiếp nhận",
+            f"Hồ sơ {code} đã được tiếp nhận; hẹn trả kết quả {record.due_at.astimezone(VN_TZ):%H:%M ngày %d/%m/%Y}.", now,
+        )
     _sync(session, record, wf, meta, calendar, audit, [], completed=None, tree=tree)
     session.commit()
     return record
@@ -572,6 +578,10 @@ def _sync(
     if wf.is_completed():
         _set_status(record, DossierStatus.PROCESSED, "processed", audit)
         record.finished_at = now
+        notify_applicant(
+            session, record, "dossier.result_ready", f"Hồ sơ {record.code}: đã có kết quả",
+            f"Hồ sơ {record.code} đã giải quyết xong; mời ông/bà nhận kết quả.", now,
+        )
     elif step_completed and record.status == DossierStatus.RECEIVED:
         _set_status(record, DossierStatus.PROCESSING, "processing", audit)
     if not dossiers.save_dossier(session, record, now):
@@ -632,6 +642,26 @@ def tree_code(session: Session, tree: AgencyTree | None, agency_id: int | None) 
         return None
     tree = tree or organisation.agency_tree(session)
     return tree.nodes[agency_id].code
+
+
+def notify_applicant(session: Session, record: DossierRecord, event: str, subject: str, body: str, now: datetime) -> None:
+    """Queue a message to the applicant in the caller's transaction (outbox)."""
+    for channel, recipient in (("sms", record.applicant_phone), ("email", record.applicant_email)):
+        if recipient:
+            session.add(
+                OutboxMessage(
+                    created_at=now,
+                    channel=channel,
+                    recipient=recipient,
+                    subject=subject,
+                    body=body,
+                    event=event,
+                    dossier_id=record.id,
+                    state="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+            )
 
 
 def _set_status(record: DossierRecord, status: int, sub_status: str, audit: _Audit) -> None:

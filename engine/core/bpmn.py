@@ -203,6 +203,7 @@ class ProcedureDefinition:
     cutoff: str | None
     process_id: str
     steps: dict[str, StepDefinition]
+    financial_obligation: bool
     content_hash: str
     warnings: list[Problem] = field(default_factory=list)
     spec: Any = None  # runtime.ProcedureSpec
@@ -218,6 +219,7 @@ class ProcedureDefinition:
             "deadline_amount": str(self.deadline.amount),
             "deadline_unit": self.deadline.unit,
             "cutoff": self.cutoff,
+            "financial_obligation": self.financial_obligation,
             "process_id": self.process_id,
             "steps": {k: v.as_dict() for k, v in self.steps.items()},
         }
@@ -667,6 +669,7 @@ def _procedure_metadata(a: _Analysis, main: tuple[Any, str], steps: dict[str, St
         cutoff=cutoff,
         process_id=process.get("id"),
         steps={k: v for k, v in steps.items() if v.process_id in reachable},
+        financial_obligation=props.get("financial_obligation", "").strip().lower() in ("true", "yes", "có", "1"),
         content_hash=content_hash(a.files),
     )
 

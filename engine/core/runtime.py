@@ -52,7 +52,9 @@ __all__ = [
     "dump_state",
     "human_tasks",
     "load_state",
+    "previous_human_task",
     "prune_finished",
+    "reset_to",
     "start_workflow",
 ]
 
@@ -180,6 +182,37 @@ def complete_task(wf: BpmnWorkflow, task_id: str, data: Mapping[str, Any] | None
     if data:
         task.set_data(**dict(data))
     task.run()
+    _advance(wf)
+
+
+def previous_human_task(wf: BpmnWorkflow, task_id: str) -> str | None:
+    """The human step completed just before ``task_id`` on its path, or None at the first step.
+
+    Raises :class:`EngineError` when the way back crosses a join of parallel
+    branches: the other branches would have to be undone too.
+    """
+    try:
+        task = wf.get_task_from_id(UUID(task_id))
+    except Exception as err:
+        raise EngineError(f"Task {task_id} does not belong to this workflow.") from err
+    node = task.parent
+    while True:
+        while node is not None:
+            if isinstance(node.task_spec, UnstructuredJoin) and len(node.task_spec.inputs) > 1:
+                raise EngineError("The previous steps ran in parallel branches; a dossier cannot be returned across their join.")
+            if node.task_spec.manual and node.state == TaskState.COMPLETED:
+                return str(node.id)
+            node = node.parent
+        parent_id = task.workflow.parent_task_id
+        if parent_id is None:
+            return None
+        task = wf.get_task_from_id(parent_id)  # leave a called process through its call activity
+        node = task.parent
+
+
+def reset_to(wf: BpmnWorkflow, task_id: str) -> None:
+    """Make the completed human step ``task_id`` ready again; later work is dropped."""
+    wf.reset_from_task_id(UUID(task_id))
     _advance(wf)
 
 

@@ -99,6 +99,16 @@ RESULT_LABELS: dict[str, str] = {
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
+# Browsers printing the HTML: Times New Roman (the font of Decree 30/2020 for
+# administrative documents), which has Vietnamese on Windows and macOS.
+_SCREEN_FONTS = ('"Times New Roman", "Noto Serif", "DejaVu Serif", serif', "13pt")
+# WeasyPrint on a server: fontconfig maps "Times New Roman" to Liberation
+# Serif 1.x, which lacks most Vietnamese letters (ằ, ỉ, ữ…) and would mix two
+# fonts in one word; print with families that have them all.
+# DejaVu Serif is about an eighth wider than Times: a smaller size keeps the
+# forms on one page.
+_PDF_FONTS = ('"Noto Serif", "DejaVu Serif", serif', "11.5pt")
+
 
 @dataclass(frozen=True)
 class SlipRow:
@@ -201,7 +211,7 @@ def qr_svg(url: str) -> str:
     code = segno.make(url, error="m", micro=False)
     return code.svg_inline(
         border=4, omitsize=True, svgclass="qr", lineclass="qr-dark",
-        title="Mã QR tra cứu hồ sơ", nl=False,
+        title="Mã QR tra cứu hồ sơ",
     )
 
 
@@ -253,6 +263,10 @@ def render_html(form: str, ctx: FormContext) -> str:
     missing what that form must show (01: ``due_at``; 02 and 03: ``reasons``;
     04: ``due_at`` and ``new_due_at``).
     """
+    return _render(form, ctx, _SCREEN_FONTS)
+
+
+def _render(form: str, ctx: FormContext, fonts: tuple[str, str]) -> str:
     _check(form, ctx)
     template = _environment().get_template(f"form{form}.html")
     issuing_agency = ctx.receiving_agency
@@ -260,12 +274,15 @@ def render_html(form: str, ctx: FormContext) -> str:
         issuing_agency = ctx.late_agency
     return template.render(
         form=form,
+        font_stack=Markup(fonts[0]),
+        font_size=fonts[1],
         title=FORM_TITLES[form],
         ctx=ctx,
         issuing_agency=issuing_agency,
         issued_at=ctx.issued_at or ctx.received_at,
         qr=Markup(qr_svg(ctx.lookup_url)),
         result_labels=RESULT_LABELS,
+        slip_agencies=list(dict.fromkeys(row.agency for row in ctx.slip)),
     )
 
 
@@ -275,7 +292,7 @@ def render_pdf(form: str, ctx: FormContext) -> bytes:
     Fonts come from the system (fontconfig); nothing is fetched: the only
     URLs WeasyPrint may open are ``data:`` URLs.
     """
-    html = render_html(form, ctx)
+    html = _render(form, ctx, _PDF_FONTS)
     from engine.forms._pdf import html_to_pdf
 
     return html_to_pdf(html)

@@ -259,6 +259,8 @@ class HttpGatewayChannel:
             raise ValueError(f"gateway URL for {name!r} must be http(s)://…, got {url!r}")
         self.name = name
         self.url = url
+        if token and (not token.isascii() or any(c in token for c in "\r\n")):
+            raise ValueError(f"gateway token for {name!r} must be printable ASCII")
         self.token = token or None
         self.timeout = timeout
         self._opener = urllib.request.build_opener(_NoRedirect())
