@@ -271,6 +271,61 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
     waitress_serve(app, host=host, port=port, threads=threads)
 
 
+@main.group()
+def org() -> None:
+    """Organisation: agencies, officers and their roles."""
+
+
+@org.command("load")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def org_load(ctx: click.Context, path: str) -> None:
+    """Create or update agencies and officers from a YAML or CSV file."""
+    from . import organisation
+
+    with _session(ctx) as session:
+        try:
+            data = organisation.parse_organisation(Path(path).read_text(encoding="utf-8"), path)
+            counts = organisation.load_organisation(session, data, actor="cli", now=_now())
+        except EngineError as err:
+            _fail(err.message)
+    click.echo(f"{counts['agencies']} agencies, {counts['officers']} officers loaded.")
+
+
+@main.command()
+@click.option("--at", "at", default=None, help="Sweep as of this ISO 8601 instant (default: now).")
+@click.pass_context
+def sweep(ctx: click.Context, at: str | None) -> None:
+    """Run one deadline sweep: fire the escalations that are due."""
+    from . import escalation
+
+    instant = _parse_instant(at) if at else _now()
+    engine = make_engine(ctx.obj.database_url)
+    try:
+        report = escalation.sweep(make_session_factory(engine), instant)
+    finally:
+        engine.dispose()
+    click.echo(f"{report.fired} escalations fired, {report.messages} messages queued, {report.failed} failed.")
+
+
+@main.command()
+@click.option("--sweep-seconds", default=60, show_default=True, type=int)
+@click.pass_context
+def worker(ctx: click.Context, sweep_seconds: int) -> None:
+    """Run the background jobs (deadline sweep, outbox sender) until stopped."""
+    from .scheduler import build_scheduler
+
+    engine = make_engine(ctx.obj.database_url)
+    scheduler = build_scheduler(make_session_factory(engine), sweep_seconds=sweep_seconds)
+    click.echo(f"Worker running (sweep every {sweep_seconds} s); Ctrl+C to stop.")
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        engine.dispose()
+
+
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller data, a run of about a minute.")
 @click.option("--postgres", "postgres_url", envvar="MOTCUA_BENCH_POSTGRES_URL", default=None, help="PostgreSQL URL of a scratch database (its public schema is dropped).")

@@ -57,8 +57,10 @@ def sweep(sessions: Callable[[], Session], now: datetime, batch: int = 1000) -> 
         for rung_id in ids:
             try:
                 with session.begin_nested():
-                    report.messages += _fire(session, rung_id, now)
+                    sent = _fire(session, rung_id, now)
+                if sent is not None:
                     report.fired += 1
+                    report.messages += sent
             except Exception:  # one broken rung must not stop the sweep
                 report.failed += 1
                 log.exception("escalation %s could not be fired", rung_id)
@@ -66,14 +68,15 @@ def sweep(sessions: Callable[[], Session], now: datetime, batch: int = 1000) -> 
     return report
 
 
-def _fire(session: Session, rung_id: int, now: datetime) -> int:
+def _fire(session: Session, rung_id: int, now: datetime) -> int | None:
+    """Fire one rung; the number of messages queued, or None if another sweeper had it."""
     claimed = session.execute(
         update(Escalation)
         .where(Escalation.id == rung_id, Escalation.state == "pending")
         .values(state="fired", fired_at=now)
     )
     if claimed.rowcount != 1:
-        return 0  # another sweeper fired it
+        return None
     rung = session.get(Escalation, rung_id)
     task = session.get(Task, rung.task_id)
     dossier = session.get(Dossier, rung.dossier_id)
