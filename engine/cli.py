@@ -240,6 +240,24 @@ def _show(session: Session, code: str) -> None:
         click.echo(f"  task {task.id}: {task.step_name} [{task.role or '-'}] due {task_due}")
 
 
+@dossier.command("form")
+@click.argument("code")
+@click.argument("form", type=click.Choice(["01", "02", "03", "04", "05"]))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="File to write; .pdf gives a PDF, else HTML.")
+@click.pass_context
+def dossier_form(ctx: click.Context, code: str, form: str, output: str) -> None:
+    """Print form 01–05 of a dossier (receipt, supplement, refusal, apology, control slip)."""
+    from . import documents
+
+    with _session(ctx) as session:
+        try:
+            content = documents.render(session, code, form, ctx.obj.public_url, pdf=output.lower().endswith(".pdf"))
+        except EngineError as err:
+            _fail(err.message)
+    Path(output).write_bytes(content)
+    click.echo(f"Form {form} of {code} written to {output}")
+
+
 @main.command("complete")
 @click.argument("task_id", type=int)
 @click.option("--data", default="{}", help="Form data as a JSON object.")

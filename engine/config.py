@@ -31,6 +31,8 @@ class Settings:
     default_agency_code: str = "000.00.00.H00"
     #: Secret key for signed cookies and tokens.
     secret_key: str = "dev-only-change-me"
+    #: Address of the public site, printed in QR codes on the forms.
+    public_url: str = "http://127.0.0.1:5000"
     #: Log SQL statements.
     echo_sql: bool = False
 

@@ -43,7 +43,9 @@ __all__ = [
     "holds_role",
     "load_organisation",
     "officer_agencies",
+    "move_dossier_home",
     "parse_organisation",
+    "reorganise",
 ]
 
 #: Roles an officer can hold at an agency.
@@ -208,3 +210,85 @@ def officer_agencies(session: Session, username: str, role: str | None = None) -
 def holds_role(session: Session, username: str, role: str, agency_id: int | None) -> bool:
     """True when ``username`` holds ``role`` at ``agency_id``."""
     return any(a == agency_id for a, _ in officer_agencies(session, username, role))
+
+
+def reorganise(
+    session: Session, successors: Mapping[str, str], actor: str, now: datetime, move_officers: bool = True
+) -> dict[str, int]:
+    """Merge or abolish agencies: each old agency code maps to its successor's.
+
+    The old agency is kept (inactive, pointing to its successor) so that
+    history, control slips and dossier codes issued before stay valid; its
+    child agencies move under the successor, and its in-flight work moves
+    there: open steps, the dossiers that belong to it, and (by default) the
+    roles its officers held. A split is a merge into one successor followed by
+    :func:`move_dossier_home` for the dossiers that belong elsewhere.
+    """
+    from .persistence.models import Dossier, Task, TaskState
+
+    moved = {"agencies": 0, "tasks": 0, "dossiers": 0, "roles": 0}
+    for old_code, new_code in successors.items():
+        old, new = agency_by_code(session, old_code), agency_by_code(session, new_code)
+        if old.id == new.id:
+            raise InvalidRequest(f"Agency {old_code} cannot succeed itself.")
+        chain = {a.id for a in _ancestors(session, new)}
+        if old.id in chain:
+            raise InvalidRequest(f"{new_code} lies under {old_code}; it cannot take over its own parent.")
+        for child in session.scalars(select(Agency).where(Agency.parent_id == old.id)):
+            if child.id != new.id:
+                child.parent_id = new.id
+        old.active, old.successor_id = False, new.id
+        tasks = session.scalars(select(Task).where(Task.agency_id == old.id, Task.state.in_(TaskState.OPEN)).execution_options(populate_existing=True)).all()
+        for task in tasks:
+            task.agency_id, task.agency = new.id, new.code
+        homes = session.scalars(select(Dossier).where(Dossier.home_agency_id == old.id).execution_options(populate_existing=True)).all()
+        for dossier in homes:
+            dossier.home_agency_id = new.id
+        if move_officers:
+            for grant in session.scalars(select(OfficerRole).where(OfficerRole.agency_id == old.id)).all():
+                exists = session.scalar(
+                    select(OfficerRole).where(
+                        OfficerRole.officer_id == grant.officer_id, OfficerRole.agency_id == new.id, OfficerRole.role == grant.role
+                    )
+                )
+                if exists is None:
+                    session.add(OfficerRole(officer_id=grant.officer_id, agency_id=new.id, role=grant.role))
+                    moved["roles"] += 1
+        session.add(
+            AuditEvent(
+                at=now, actor=actor, action="organisation.succeed", subject=old_code, from_state=old_code, to_state=new_code,
+                details={"tasks": [t.id for t in tasks], "dossiers": [d.code for d in homes]},
+            )
+        )
+        moved["agencies"] += 1
+        moved["tasks"] += len(tasks)
+        moved["dossiers"] += len(homes)
+    session.commit()
+    _trees.clear()
+    return moved
+
+
+def move_dossier_home(session: Session, dossier_code: str, agency_code: str, actor: str, now: datetime) -> None:
+    """Give a dossier a new home agency (e.g. after a split); later steps resolve from it."""
+    from .persistence.models import Dossier
+
+    dossier = session.scalar(select(Dossier).where(Dossier.code == dossier_code).execution_options(populate_existing=True))
+    if dossier is None:
+        raise NotFound(f"No dossier with code {dossier_code}.")
+    agency = agency_by_code(session, agency_code)
+    before = dossier.home_agency_id
+    dossier.home_agency_id = agency.id
+    session.add(
+        AuditEvent(at=now, actor=actor, action="dossier.move_home", dossier_id=dossier.id, subject=dossier_code,
+                   from_state=str(before), to_state=agency_code, details={})
+    )
+    session.commit()
+
+
+def _ancestors(session: Session, agency: Agency) -> list[Agency]:
+    chain, seen = [], set()
+    while agency is not None and agency.id not in seen:
+        chain.append(agency)
+        seen.add(agency.id)
+        agency = session.get(Agency, agency.parent_id) if agency.parent_id else None
+    return chain

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import escalation, lifecycle, organisation, services
+from engine import documents, escalation, lifecycle, organisation, services
 from engine.core.calendar import VN_TZ
 from engine.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from engine.persistence.models import Agency, AuditEvent, Escalation, Handover, OutboxMessage, Task
@@ -179,6 +179,26 @@ def test_full_lien_thong_dossier(province: Session, db_engine: Engine) -> None:
     actions = session.scalars(select(AuditEvent.action).where(AuditEvent.dossier_id == done.id)).all()
     assert {"dossier.pause", "dossier.resume", "task.escalate", "dossier.apology", "task.reassign"} <= set(actions)
 
+    # The forms, filled from the record: the control slip judges each hand-over's step.
+    rows = documents.form_context(session, dossier.code, "05", "https://dichvucong.dongnai.gov.vn").slip
+    assert [(r.agency, r.result) for r in rows] == [
+        ("UBND xã Phước An", ""),
+        ("Văn phòng Đăng ký đất đai tỉnh", "early"),  # the commune's confirmation, handed on early
+        ("Thuế tỉnh Đồng Nai", "late"),  # the land office's survey, late
+        ("UBND xã Phước An", "early"),
+    ]
+    slip = documents.render(session, dossier.code, "05", "https://dichvucong.dongnai.gov.vn").decode()
+    assert "Văn phòng Đăng ký đất đai tỉnh" in slip and "Thuế tỉnh Đồng Nai" in slip and "Phạm Văn Sơn" in slip
+    assert "tra-cuu?ma=" + dossier.code in slip or "<svg" in slip
+    receipt = documents.render(session, dossier.code, "01", "https://dichvucong.dongnai.gov.vn").decode()
+    assert "Nguyễn Văn An" in receipt and "Bùi Văn Long" in receipt  # applicant, and the receptionist who took it
+    supplement = documents.render(session, dossier.code, "02", "https://dichvucong.dongnai.gov.vn").decode()
+    assert "Bản sao giấy tờ tùy thân" in supplement
+    apology = documents.render(session, dossier.code, "04", "https://dichvucong.dongnai.gov.vn", pdf=True)
+    assert apology.startswith(b"%PDF")
+    with pytest.raises(Conflict):
+        documents.render(session, dossier.code, "03", "https://dichvucong.dongnai.gov.vn")  # it was not refused
+
 
 def test_return_to_previous_step_goes_back_to_its_officer(province: Session) -> None:
     session = province
@@ -229,3 +249,33 @@ def test_financial_obligation_pause_only_where_declared(province: Session, now: 
     paid = lifecycle.request_payment(session, land.code, ["Lệ phí trước bạ"], "binh.thue", now)
     assert paid.status == services.DossierStatus.FINANCIAL_OBLIGATION
     assert lifecycle.resume(session, land.code, "binh.thue", now + timedelta(days=1)).status == services.DossierStatus.RECEIVED
+
+
+def test_abolishing_the_district_moves_work_to_successors(session: Session, now: datetime) -> None:
+    _load(session, "org_three_tier.yaml", now)
+    services.deploy(session, fixture_bytes("land_joint.bpmn"), actor="designer", now=now)
+    commune, branch, province_office = "000.15.22.H19", "000.15.31.H19", VPDK
+    dossier = services.start_dossier(session, "1.999010", {}, actor="desk3", now=now, agency_code=commune)
+    for _ in range(2):
+        task = _only(session, dossier.code)
+        services.complete_task(session, task.id, {}, actor="desk3", now=now)
+    survey = _only(session, dossier.code)
+    assert _agency_code(session, survey.agency_id) == branch
+    due_before = survey.due_at
+    # 1/7/2025: districts are abolished; the branch merges into the province's office,
+    # the district's other units and the commune move under the province.
+    moved = organisation.reorganise(
+        session, {branch: province_office, "000.15.40.H19": THUE, "000.00.15.H19": "000.00.00.H19"}, "admin", now
+    )
+    assert moved["tasks"] == 1
+    survey = session.get(Task, survey.id, populate_existing=True)
+    assert (_agency_code(session, survey.agency_id), survey.due_at) == (province_office, due_before)
+    tree = organisation.agency_tree(session)
+    assert tree.nodes[tree.by_code[commune].parent_id].code == "000.00.00.H19"
+    # Lookup by the code issued before still works, and the slip keeps the old hand-over.
+    assert services.get_dossier(session, dossier.code).code == dossier.code
+    slip = session.execute(select(Handover.to_agency_id).where(Handover.dossier_id == dossier.id)).scalars().all()
+    assert [_agency_code(session, a) for a in slip] == [branch]
+    services.complete_task(session, survey.id, {}, actor="branch3", now=now)  # the branch's officers moved too
+    tax = _only(session, dossier.code)
+    assert _agency_code(session, tax.agency_id) == THUE  # the district's tax unit is gone: the province's serves

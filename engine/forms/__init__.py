@@ -23,7 +23,7 @@ All datetimes must be timezone-aware (a naive one raises ``ValueError``, as in
 
 * instants in the body of a form: ``10 giờ 00 phút, ngày 13 tháng 02 năm 2026``
   (hours and minutes on two digits);
-* the date line under the national motto: ``ngày 13 tháng 02 năm 2026``;
+* the date line under the national motto: ``Ngày 13 tháng 02 năm 2026``;
 * per Decree 30/2020/NĐ-CP (văn bản hành chính), a day below 10 and the
   months 1 and 2 take a leading zero, the other months do not:
   ``ngày 04 tháng 3 năm 2026``, ``ngày 25 tháng 12 năm 2026``;
@@ -50,9 +50,10 @@ Example::
     True
 
 :func:`render_pdf` needs WeasyPrint and Pango (Debian: ``libpango-1.0-0
-libpangoft2-1.0-0``) and a font with Vietnamese glyphs (``fonts-dejavu-core``,
-or Times New Roman / Liberation Serif / Noto Serif when present); WeasyPrint is
-imported only when a PDF is asked for, so :func:`render_html` works without it.
+libpangoft2-1.0-0``) and a font with Vietnamese glyphs: the PDF asks for Noto
+Serif, then DejaVu Serif (``fonts-dejavu-core``); the HTML asks browsers for
+Times New Roman first.  WeasyPrint is imported only when a PDF is asked for,
+so :func:`render_html` works without it.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import email.utils
 import json
 import logging
 import smtplib
-import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -32,11 +31,11 @@ from engine.persistence.models import OutboxMessage
 
 __all__ = [
     "CHANNEL_NAMES",
+    "SETTINGS_KEYS",
     "Channel",
     "DeliveryError",
     "HttpGatewayChannel",
     "LogChannel",
-    "SETTINGS_KEYS",
     "SmtpChannel",
     "channels_from_settings",
     "mask_recipient",
@@ -302,7 +301,7 @@ class HttpGatewayChannel:
                 exc.close()
             permanent = 400 <= status < 500 and status not in self.RETRYABLE_4XX
             raise DeliveryError(f"gateway {self.name} answered HTTP {status}: {detail}".rstrip(": "), permanent) from exc
-        except (urllib.error.URLError, socket.timeout, OSError, ValueError) as exc:
+        except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise DeliveryError(f"gateway {self.name} unreachable: {type(exc).__name__}: {reason}") from exc
         except Exception as exc:  # http.client.RemoteDisconnected, IncompleteRead …
@@ -319,7 +318,7 @@ def _as_mapping(settings: Mapping[str, Any] | Any) -> Mapping[str, Any]:
         return settings
     if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
         return dataclasses.asdict(settings)
-    return vars(settings)
+    return dict(vars(settings))
 
 
 def _flag(value: Any) -> bool:
@@ -332,7 +331,9 @@ def channels_from_settings(settings: Mapping[str, Any] | Any) -> dict[str, Chann
     """Channels for ``email``, ``sms``, ``zalo`` and ``log`` from plain settings.
 
     ``settings`` is a mapping (or a settings dataclass) with the lower-case
-    keys of :data:`SETTINGS_KEYS`; empty values count as missing. A channel
+    keys of :data:`SETTINGS_KEYS`; empty values count as missing (and a port
+    or timeout of 0 means "the default": 25, or 587 with STARTTLS, 465 with
+    implicit TLS; 10 seconds). A channel
     without its settings (no ``smtp_host``, no ``sms_gateway_url`` …) falls
     back to a :class:`LogChannel` of that name. A half-configured channel
     (e.g. a host but no sender) raises ``ValueError``.
@@ -344,12 +345,12 @@ def channels_from_settings(settings: Mapping[str, Any] | Any) -> dict[str, Chann
         starttls = _flag(cfg.get("smtp_starttls", False))
         channels["email"] = SmtpChannel(
             host=str(cfg["smtp_host"]),
-            port=int(cfg.get("smtp_port", 465 if use_ssl else 587 if starttls else 25)),
+            port=int(cfg.get("smtp_port") or (465 if use_ssl else 587 if starttls else 25)),
             sender=str(cfg.get("smtp_sender", "")),
             username=cfg.get("smtp_username"),
             password=cfg.get("smtp_password"),
             starttls=starttls,
-            timeout=float(cfg.get("smtp_timeout", 10)),
+            timeout=float(cfg.get("smtp_timeout") or 10),
             use_ssl=use_ssl,
             message_id_domain=str(cfg.get("message_id_domain", "motcua")),
         )
@@ -360,6 +361,6 @@ def channels_from_settings(settings: Mapping[str, Any] | Any) -> dict[str, Chann
                 name,
                 str(url),
                 token=cfg.get(f"{name}_gateway_token", cfg.get("gateway_token")),
-                timeout=float(cfg.get("gateway_timeout", 10)),
+                timeout=float(cfg.get("gateway_timeout") or 10),
             )
     return channels

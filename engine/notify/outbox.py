@@ -46,10 +46,10 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, cast
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import CursorResult, Table, and_, select, update
 from sqlalchemy.orm import Session
 
 from engine.persistence.models import OutboxMessage
@@ -59,8 +59,8 @@ from .channels import CHANNEL_NAMES, Channel, DeliveryError
 __all__ = [
     "BACKOFF_BASE",
     "BACKOFF_CAP",
-    "DeliveryReport",
     "LEASE",
+    "DeliveryReport",
     "SessionFactory",
     "StopEvent",
     "backoff",
@@ -80,7 +80,7 @@ BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(hours=6)
 
 _MAX_ERROR = 2000
-_TABLE = OutboxMessage.__table__
+_TABLE = cast(Table, OutboxMessage.__table__)
 
 SessionFactory = Callable[[], Session]
 
@@ -110,7 +110,7 @@ class DeliveryReport:
     #: Sent or tried, but the outcome could not be recorded (lease lost, database error).
     lost: int = 0
 
-    def __add__(self, other: "DeliveryReport") -> "DeliveryReport":
+    def __add__(self, other: DeliveryReport) -> DeliveryReport:
         return DeliveryReport(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
@@ -123,7 +123,7 @@ def _aware(now: datetime) -> datetime:
 def backoff(attempts: int, base: timedelta = BACKOFF_BASE, cap: timedelta = BACKOFF_CAP) -> timedelta:
     """Delay before the next try after ``attempts`` tries: 1, 2, 4, … minutes, at most 6 hours."""
     exponent = min(max(attempts, 1) - 1, 40)
-    return min(base * (2**exponent), cap)
+    return min(base * (1 << exponent), cap)
 
 
 def enqueue(
@@ -167,6 +167,11 @@ def enqueue(
     return message
 
 
+def _execute(session: Session, statement: Any) -> CursorResult[Any]:
+    """Run an UPDATE (its result has a ``rowcount``)."""
+    return cast("CursorResult[Any]", session.execute(statement))
+
+
 def _detached(row: Any, **changes: Any) -> OutboxMessage:
     """A transient copy of an outbox row for the channels (no session, no lazy loads)."""
     values = {column.key: getattr(row, column.key) for column in _TABLE.columns}
@@ -208,7 +213,7 @@ def _claim(
             cas = update(t).where(t.c.id == row.id, t.c.state == row.state, t.c.attempts == row.attempts)
             if row.state == "sending" and row.attempts >= max_attempts:
                 error = f"lease expired on attempt {row.attempts} (sender crashed?); outcome unknown, giving up"
-                result = session.execute(cas.values(state="failed", last_error=error))
+                result = _execute(session, cas.values(state="failed", last_error=error))
                 if result.rowcount == 1:
                     expired_failed += 1
                     logger.error("outbox-%s failed: %s", row.id, error)
@@ -216,8 +221,8 @@ def _claim(
             if row.state == "sending":
                 logger.warning("outbox-%s: lease expired (attempt %s), claiming it again", row.id, row.attempts)
             lease_until = now + lease
-            result = session.execute(
-                cas.values(state="sending", attempts=row.attempts + 1, next_attempt_at=lease_until)
+            result = _execute(
+                session, cas.values(state="sending", attempts=row.attempts + 1, next_attempt_at=lease_until)
             )
             if result.rowcount == 1:
                 claimed.append(_detached(row, state="sending", attempts=row.attempts + 1, next_attempt_at=lease_until))
@@ -247,10 +252,11 @@ def _record(session_factory: SessionFactory, message: OutboxMessage, **values: A
     """Write an outcome if ``message`` is still ours (same state and attempt); True if written."""
     t = _TABLE
     with session_factory() as session:
-        result = session.execute(
+        result = _execute(
+            session,
             update(t)
             .where(t.c.id == message.id, t.c.state == "sending", t.c.attempts == message.attempts)
-            .values(**values)
+            .values(**values),
         )
         session.commit()
     return result.rowcount == 1
@@ -349,7 +355,7 @@ def deliver_due(
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def run_forever(
