@@ -10,7 +10,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine import escalation, services
-from engine.core.calendar import VN_TZ
 from engine.persistence.models import Dossier, Escalation, OutboxMessage
 
 from .conftest import fixture_bytes
