@@ -331,10 +331,19 @@ def sweep(ctx: click.Context, at: str | None) -> None:
 @click.pass_context
 def worker(ctx: click.Context, sweep_seconds: int) -> None:
     """Run the background jobs (deadline sweep, outbox sender) until stopped."""
+    from . import notify
     from .scheduler import build_scheduler
 
-    engine = make_engine(ctx.obj.database_url)
-    scheduler = build_scheduler(make_session_factory(engine), sweep_seconds=sweep_seconds)
+    settings: config.Settings = ctx.obj
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    channels = notify.channels_from_settings(settings)
+    scheduler = build_scheduler(
+        sessions,
+        deliver=lambda now: notify.deliver_due(sessions, channels, now),
+        sweep_seconds=sweep_seconds,
+        deliver_seconds=int(settings.outbox_interval or 15),
+    )
     click.echo(f"Worker running (sweep every {sweep_seconds} s); Ctrl+C to stop.")
     try:
         scheduler.start()

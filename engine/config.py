@@ -33,6 +33,20 @@ class Settings:
     secret_key: str = "dev-only-change-me"
     #: Address of the public site, printed in QR codes on the forms.
     public_url: str = "http://127.0.0.1:5000"
+    #: Outbox delivery. Email over SMTP (empty host: messages are only logged).
+    smtp_host: str = ""
+    smtp_port: str = ""
+    smtp_sender: str = ""
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    #: SMS and Zalo through HTTP gateways (empty URL: messages are only logged).
+    sms_gateway_url: str = ""
+    zalo_gateway_url: str = ""
+    gateway_token: str = ""
+    #: Seconds between two passes of the outbox sender.
+    outbox_interval: str = "15"
     #: Log SQL statements.
     echo_sql: bool = False
 

@@ -9,7 +9,15 @@ from sqlalchemy.orm import Session
 
 from . import forms, services
 from .errors import Conflict, InvalidRequest
-from .persistence.models import Agency, AuditEvent, Handover, Officer, Procedure, ProcedureVersion, Task
+from .persistence.models import (
+    Agency,
+    AuditEvent,
+    Handover,
+    Officer,
+    Procedure,
+    ProcedureVersion,
+    Task,
+)
 
 __all__ = ["form_context", "render"]
 

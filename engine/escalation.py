@@ -19,8 +19,17 @@ from typing import Callable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from . import notify
 from .core.calendar import VN_TZ
-from .persistence.models import Agency, AuditEvent, Dossier, Escalation, Officer, OfficerRole, OutboxMessage, Task
+from .persistence.models import (
+    Agency,
+    AuditEvent,
+    Dossier,
+    Escalation,
+    Officer,
+    OfficerRole,
+    Task,
+)
 
 __all__ = ["LEVEL_LABELS", "SweepReport", "sweep"]
 
@@ -89,19 +98,9 @@ def _fire(session: Session, rung_id: int, now: datetime) -> int | None:
     )
     for officer in recipients:
         channel, address = ("email", officer.email) if officer.email else ("sms", officer.phone) if officer.phone else ("log", officer.username)
-        session.add(
-            OutboxMessage(
-                created_at=now,
-                channel=channel,
-                recipient=address,
-                subject=subject,
-                body=body,
-                event=f"escalation.{rung.level}",
-                dossier_id=dossier.id,
-                state="pending",
-                attempts=0,
-                next_attempt_at=now,
-            )
+        notify.enqueue(
+            session, channel=channel, recipient=address, subject=subject, body=body,
+            event=f"escalation.{rung.level}", now=now, dossier_id=dossier.id,
         )
     session.add(
         AuditEvent(

@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import organisation
+from . import notify, organisation
 from .core import bpmn, runtime
 from .core.assignment import AgencyTree, AssignmentError
 from .core.calendar import VN_TZ, WorkingCalendar
@@ -44,7 +44,6 @@ from .persistence.models import (
     Procedure,
     ProcedureFile,
     ProcedureVersion,
-    OutboxMessage,
     Task,
     TaskState,
 )
@@ -648,19 +647,8 @@ def notify_applicant(session: Session, record: DossierRecord, event: str, subjec
     """Queue a message to the applicant in the caller's transaction (outbox)."""
     for channel, recipient in (("sms", record.applicant_phone), ("email", record.applicant_email)):
         if recipient:
-            session.add(
-                OutboxMessage(
-                    created_at=now,
-                    channel=channel,
-                    recipient=recipient,
-                    subject=subject,
-                    body=body,
-                    event=event,
-                    dossier_id=record.id,
-                    state="pending",
-                    attempts=0,
-                    next_attempt_at=now,
-                )
+            notify.enqueue(
+                session, channel=channel, recipient=recipient, subject=subject, body=body, event=event, now=now, dossier_id=record.id
             )
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
     Index,
-    Boolean,
     Integer,
     LargeBinary,
     MetaData,
