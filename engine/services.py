@@ -25,7 +25,7 @@ from functools import lru_cache
 from time import monotonic as _monotonic
 from typing import Any, Mapping, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,6 +56,7 @@ __all__ = [
     "deploy",
     "dossier_history",
     "get_dossier",
+    "inbox",
     "load_calendar",
     "open_tasks",
     "start_dossier",
@@ -411,6 +412,36 @@ def open_tasks(session: Session, dossier_code: str) -> Sequence[Any]:
     return rows
 
 
+@dataclass(frozen=True)
+class Inbox:
+    """An officer's work: steps they hold, and steps offered to their roles."""
+
+    mine: Sequence[Any]
+    queue: Sequence[Any]
+
+
+def inbox(session: Session, username: str, limit: int = 50) -> Inbox:
+    """The officer's claimed steps and their roles' queue, most urgent first (rows of ``tasks``)."""
+    grants = organisation.officer_agencies(session, username)
+    table = Task.__table__
+    mine = session.execute(
+        select(table)
+        .where(table.c.assignee == username, table.c.state == TaskState.CLAIMED)
+        .order_by(table.c.due_at.is_(None), table.c.due_at)
+        .limit(limit)
+    ).all()
+    queue: Sequence[Any] = []
+    if grants:
+        offered = or_(*(and_(table.c.agency_id == agency_id, table.c.role == role) for agency_id, role in grants))
+        queue = session.execute(
+            select(table)
+            .where(table.c.state == TaskState.READY, offered)
+            .order_by(table.c.due_at.is_(None), table.c.due_at)
+            .limit(limit)
+        ).all()
+    return Inbox(mine, queue)
+
+
 def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor: str, now: datetime) -> DossierRecord:
     """Complete an open step with its form ``data`` and move the dossier on."""
     if not isinstance(data, Mapping):
@@ -559,7 +590,8 @@ def _sync(
         )
         audit.add("task.ready", task_id, None, TaskState.READY, human.step_id, {"agency_id": agency_id})
         if due_at is not None:
-            dossiers.add_escalations(session, escalation_ladder(calendar, task_id, record.id, now, due_at))
+            ladder = [tuple(rung) for rung in meta.get("escalation") or ESCALATION_LADDER]
+            dossiers.add_escalations(session, escalation_ladder(calendar, task_id, record.id, now, due_at, ladder))
         source = completed.agency_id if completed is not None else record.receiving_agency_id
         if agency_id is not None and source is not None and source != agency_id:
             dossiers.add_handover(
@@ -608,11 +640,22 @@ def judge(finished_at: datetime, due_at: datetime | None) -> str | None:
 ESCALATION_LADDER = (("warning", -4.0), ("head_of_unit", 0.0), ("leader", 8.0), ("supervisor", 16.0))
 
 
-def escalation_ladder(calendar: WorkingCalendar, task_id: int, dossier_id: int, started_at: datetime, due_at: datetime) -> list[dict[str, Any]]:
-    """The escalation rows of a step that became ready at ``started_at``, due at ``due_at``."""
+def escalation_ladder(
+    calendar: WorkingCalendar,
+    task_id: int,
+    dossier_id: int,
+    started_at: datetime,
+    due_at: datetime,
+    ladder: Sequence[tuple[str, float]] = ESCALATION_LADDER,
+) -> list[dict[str, Any]]:
+    """The escalation rows of a step that became ready at ``started_at``, due at ``due_at``.
+
+    ``ladder`` gives each level's offset from the due time in working hours
+    (negative: before it); a procedure may set its own (property ``escalation``).
+    """
     allotted = calendar.working_time_between(started_at, due_at)
     rows = []
-    for level, hours in ESCALATION_LADDER:
+    for level, hours in ladder:
         if hours < 0:
             # The warning comes half a working day before the due time, or half-way for short steps.
             lead = min(timedelta(hours=-hours), allotted / 2)

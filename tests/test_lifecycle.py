@@ -279,3 +279,37 @@ def test_abolishing_the_district_moves_work_to_successors(session: Session, now:
     services.complete_task(session, survey.id, {}, actor="branch3", now=now)  # the branch's officers moved too
     tax = _only(session, dossier.code)
     assert _agency_code(session, tax.agency_id) == THUE  # the district's tax unit is gone: the province's serves
+
+
+def test_inbox_offers_steps_to_role_holders_at_the_agency(province: Session) -> None:
+    session = province
+    now = vn(2026, 3, 2, 8, 0)
+    early = services.start_dossier(session, "1.999010", {}, actor="lan.desk", now=now, agency_code=XA)
+    late = services.start_dossier(session, "1.999010", {}, actor="lan.desk", now=now + timedelta(hours=2), agency_code=XA)
+    other = services.start_dossier(session, "1.999010", {}, actor="long.desk", now=now, agency_code=XA2_DESK)
+    box = services.inbox(session, "lan.desk")
+    assert [row.dossier_id for row in box.queue] == [early.id, late.id]  # most urgent first; not the other commune's
+    assert services.inbox(session, "long.desk").queue[0].dossier_id == other.id
+    assert services.inbox(session, "hung.xa").queue == []  # an officer, not a receptionist
+    lifecycle.claim(session, box.queue[1].id, "lan.desk", now + timedelta(hours=3))
+    box = services.inbox(session, "lan.desk")
+    assert [row.dossier_id for row in box.mine] == [late.id]
+    assert [row.dossier_id for row in box.queue] == [early.id]
+
+
+def test_a_procedure_can_set_its_own_escalation_ladder(session: Session, now: datetime) -> None:
+    _load(session, "org_two_tier.yaml", now)
+    bpmn_text = fixture_bytes("land_joint.bpmn")["land_joint.bpmn"].replace(
+        b'<camunda:property name="financial_obligation" value="true"/>',
+        b'<camunda:property name="escalation" value="warning=-2h, leader=1d"/>',
+    )
+    services.deploy(session, {"land.bpmn": bpmn_text}, actor="designer", now=now)
+    dossier = services.start_dossier(session, "1.999010", {}, actor="lan.desk", now=vn(2026, 3, 2, 8, 0), agency_code=XA)
+    task = _only(session, dossier.code)
+    rungs = session.execute(select(Escalation.level, Escalation.due_at).where(Escalation.task_id == task.id).order_by(Escalation.due_at)).all()
+    # Half a day from Mon 08:00 is due 13:30; the warning 2 working hours before (but at most half-way: 2 h), the leader a day after.
+    assert [(lvl, at.astimezone(VN_TZ)) for lvl, at in rungs] == [("warning", vn(2026, 3, 2, 10, 0)), ("leader", vn(2026, 3, 3, 13, 30))]
+    bad = bpmn_text.replace(b"warning=-2h, leader=1d", b"boss=3h")
+    with pytest.raises(services.DeploymentRejected) as caught:
+        services.deploy(session, {"bad.bpmn": bad}, actor="designer", now=now)
+    assert any("Escalation" in p.message for p in caught.value.problems)

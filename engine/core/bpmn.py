@@ -204,6 +204,7 @@ class ProcedureDefinition:
     process_id: str
     steps: dict[str, StepDefinition]
     financial_obligation: bool
+    escalation: list[tuple[str, float]] | None
     content_hash: str
     warnings: list[Problem] = field(default_factory=list)
     spec: Any = None  # runtime.ProcedureSpec
@@ -220,6 +221,7 @@ class ProcedureDefinition:
             "deadline_unit": self.deadline.unit,
             "cutoff": self.cutoff,
             "financial_obligation": self.financial_obligation,
+            "escalation": [list(rung) for rung in self.escalation] if self.escalation else None,
             "process_id": self.process_id,
             "steps": {k: v.as_dict() for k, v in self.steps.items()},
         }
@@ -657,7 +659,13 @@ def _procedure_metadata(a: _Analysis, main: tuple[Any, str], steps: dict[str, St
         if len(parts) != 2 or not all(p.isdigit() for p in parts) or not (0 <= int(parts[0]) < 24 and 0 <= int(parts[1]) < 60):
             a.add(f"Cut-off '{cutoff}' is not a time of day such as 15:00.", process, filename)
             cutoff = None
-    if deadline is None or not name:
+    ladder = None
+    if props.get("escalation"):
+        try:
+            ladder = parse_ladder(props["escalation"])
+        except ValueError as err:
+            a.add(f"Escalation: {err}", process, filename)
+    if deadline is None or not name or (props.get("escalation") and ladder is None):
         return None
     reachable = _reachable_processes(a, process.get("id"))
     return ProcedureDefinition(
@@ -670,8 +678,33 @@ def _procedure_metadata(a: _Analysis, main: tuple[Any, str], steps: dict[str, St
         process_id=process.get("id"),
         steps={k: v for k, v in steps.items() if v.process_id in reachable},
         financial_obligation=props.get("financial_obligation", "").strip().lower() in ("true", "yes", "có", "1"),
+        escalation=ladder,
         content_hash=content_hash(a.files),
     )
+
+
+ESCALATION_LEVELS = ("warning", "head_of_unit", "leader", "supervisor")
+
+
+def parse_ladder(text: str) -> list[tuple[str, float]]:
+    """``"warning=-4h, head_of_unit=0h, leader=8h, supervisor=2d"`` → levels and working-hour offsets."""
+    ladder = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        level, _, offset = part.partition("=")
+        level, offset = level.strip(), offset.strip().lower()
+        if level not in ESCALATION_LEVELS:
+            raise ValueError(f"'{level}' is not one of {', '.join(ESCALATION_LEVELS)}.")
+        unit = 8.0 if offset.endswith("d") else 1.0
+        try:
+            hours = float(offset.rstrip("dh") or "x") * unit
+        except ValueError:
+            raise ValueError(f"'{offset}' is not an offset such as -4h, 0h, 8h or 2d.") from None
+        ladder.append((level, hours))
+    if not ladder:
+        raise ValueError("the ladder is empty.")
+    return ladder
 
 
 def _reachable_processes(a: _Analysis, start: str) -> set[str]:
