@@ -19,6 +19,7 @@ from . import organisation, services
 from .core import runtime
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound
 from .persistence import dossiers
+from .persistence.db import unit_of_work
 from .persistence.dossiers import DossierRecord
 from .persistence.models import Escalation, Task, TaskState
 from .services import DossierStatus, _Audit
@@ -83,6 +84,7 @@ def _require_role(session: Session, username: str, roles: Sequence[str], agency_
 # ----------------------------------------------------------------- work on steps
 
 
+@unit_of_work
 def claim(session: Session, task_id: int, actor: str, now: datetime) -> Task:
     """Take an offered step into one's own inbox (and receive its hand-over)."""
     task = _task(session, task_id)
@@ -99,6 +101,7 @@ def claim(session: Session, task_id: int, actor: str, now: datetime) -> Task:
     return task
 
 
+@unit_of_work
 def unclaim(session: Session, task_id: int, actor: str, now: datetime) -> Task:
     """Put a claimed step back in its role's queue."""
     task = _task(session, task_id)
@@ -115,6 +118,7 @@ def unclaim(session: Session, task_id: int, actor: str, now: datetime) -> Task:
     return task
 
 
+@unit_of_work
 def reassign(session: Session, task_id: int, to_username: str, actor: str, now: datetime) -> Task:
     """A leader gives an open step to another officer holding its role there."""
     task = _task(session, task_id)
@@ -133,6 +137,7 @@ def reassign(session: Session, task_id: int, to_username: str, actor: str, now: 
     return task
 
 
+@unit_of_work
 def return_to_previous(session: Session, task_id: int, reason: str, actor: str, now: datetime) -> DossierRecord:
     """Send the dossier back to the step before this one, with a reason.
 
@@ -185,11 +190,13 @@ def return_to_previous(session: Session, task_id: int, reason: str, actor: str, 
 # ----------------------------------------------------------------- pauses
 
 
+@unit_of_work
 def request_supplement(session: Session, code: str, items: Sequence[str], actor: str, now: datetime) -> DossierRecord:
     """Ask the applicant to supplement the dossier (form 02); the clock stops."""
     return _pause(session, code, DossierStatus.SUPPLEMENT_REQUESTED, "supplement", list(items), actor, now)
 
 
+@unit_of_work
 def request_payment(session: Session, code: str, items: Sequence[str], actor: str, now: datetime) -> DossierRecord:
     """Pause for the applicant's financial obligation, where the procedure declares one."""
     record = _record(session, code)
@@ -224,6 +231,7 @@ def _pause(session: Session, code: str, status: int, reason: str, items: list[st
     return record
 
 
+@unit_of_work
 def resume(session: Session, code: str, actor: str, now: datetime) -> DossierRecord:
     """The supplement or payment arrived: the clock restarts, due dates move by the pause."""
     record = _record(session, code)
@@ -253,11 +261,13 @@ def resume(session: Session, code: str, actor: str, now: datetime) -> DossierRec
 # ----------------------------------------------------------------- endings
 
 
+@unit_of_work
 def withdraw(session: Session, code: str, reason: str, actor: str, now: datetime) -> DossierRecord:
     """The applicant withdraws the dossier."""
     return _end(session, code, DossierStatus.WITHDRAWN, "withdrawn", reason, actor, now)
 
 
+@unit_of_work
 def stop(session: Session, code: str, reason: str, actor: str, now: datetime) -> DossierRecord:
     """Stop processing (dừng xử lý), with the legal reason."""
     return _end(session, code, DossierStatus.STOPPED, "stopped", reason, actor, now)
@@ -283,6 +293,7 @@ def _end(session: Session, code: str, status: int, sub: str, reason: str, actor:
     return record
 
 
+@unit_of_work
 def refuse(
     session: Session,
     procedure_code: str,
@@ -327,6 +338,7 @@ def refuse(
     return _record(session, values["code"])
 
 
+@unit_of_work
 def issue_apology(
     session: Session, code: str, new_due_at: datetime, reason: str, agency_code: str, approved_by: str, actor: str, now: datetime
 ) -> DossierRecord:
@@ -369,6 +381,7 @@ def issue_apology(
     return record
 
 
+@unit_of_work
 def return_result(session: Session, code: str, channel: str, actor: str, now: datetime) -> DossierRecord:
     """Hand the result to the applicant: at the desk, by post or online."""
     if channel not in RETURN_CHANNELS:

@@ -34,6 +34,7 @@ from werkzeug.security import generate_password_hash
 
 from .core.assignment import AgencyNode, AgencyTree
 from .errors import InvalidRequest, NotFound
+from .persistence.db import unit_of_work
 from .persistence.models import Agency, AuditEvent, Officer, OfficerRole
 
 __all__ = [
@@ -89,6 +90,7 @@ def parse_organisation(text: str, filename: str = "") -> dict[str, Any]:
     return data
 
 
+@unit_of_work
 def load_organisation(session: Session, data: Mapping[str, Any], actor: str, now: datetime) -> dict[str, int]:
     """Create or update agencies and officers from ``data``; return counts."""
     by_code = {a.code: a for a in session.scalars(select(Agency))}
@@ -212,6 +214,7 @@ def holds_role(session: Session, username: str, role: str, agency_id: int | None
     return any(a == agency_id for a, _ in officer_agencies(session, username, role))
 
 
+@unit_of_work
 def reorganise(
     session: Session, successors: Mapping[str, str], actor: str, now: datetime, move_officers: bool = True
 ) -> dict[str, int]:
@@ -268,6 +271,7 @@ def reorganise(
     return moved
 
 
+@unit_of_work
 def move_dossier_home(session: Session, dossier_code: str, agency_code: str, actor: str, now: datetime) -> None:
     """Give a dossier a new home agency (e.g. after a split); later steps resolve from it."""
     from .persistence.models import Dossier

@@ -36,6 +36,7 @@ from .core.calendar import VN_TZ, WorkingCalendar
 from .core.durations import Duration
 from .errors import Conflict, DeploymentRejected, Forbidden, InvalidRequest, NotFound
 from .persistence import dossiers
+from .persistence.db import unit_of_work
 from .persistence.dossiers import DossierRecord
 from .persistence.models import (
     AuditEvent,
@@ -112,6 +113,7 @@ def validate(files: Mapping[str, bytes]) -> list[bpmn.Problem]:
     return problems
 
 
+@unit_of_work
 def deploy(session: Session, files: Mapping[str, bytes], actor: str, now: datetime) -> DeployResult:
     """Deploy ``files`` as a version of the procedure they declare.
 
@@ -268,6 +270,7 @@ def _calendar(days_off: frozenset[date], working_days: frozenset[date]) -> Worki
     return WorkingCalendar(extra_days_off=days_off, extra_working_days=working_days)
 
 
+@unit_of_work
 def add_calendar_override(session: Session, day: Any, kind: str, note: str | None, actor: str, now: datetime) -> None:
     """Declare ``day`` an extra day off (``day_off``) or working day (``working_day``)."""
     if kind not in ("day_off", "working_day"):
@@ -318,6 +321,7 @@ def _next_dossier_code(session: Session, agency_code: str, now: datetime) -> str
     return f"{agency_code}-{day:%y%m%d}-{number:04d}"
 
 
+@unit_of_work
 def start_dossier(
     session: Session,
     procedure_code: str,
@@ -442,6 +446,7 @@ def inbox(session: Session, username: str, limit: int = 50) -> Inbox:
     return Inbox(mine, queue)
 
 
+@unit_of_work
 def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor: str, now: datetime) -> DossierRecord:
     """Complete an open step with its form ``data`` and move the dossier on."""
     if not isinstance(data, Mapping):

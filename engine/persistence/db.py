@@ -7,15 +7,18 @@ when the URL names it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_session_factory", "migrate", "MIGRATIONS_PATH"]
+__all__ = ["make_engine", "make_session_factory", "migrate", "unit_of_work", "MIGRATIONS_PATH"]
+
+T = TypeVar("T")
 
 MIGRATIONS_PATH = Path(__file__).parent / "migrations"
 
@@ -66,3 +69,17 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         config = alembic_config(engine)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def unit_of_work(function: Callable[..., T]) -> Callable[..., T]:
+    """Roll the session (first argument) back when a use case fails, so it stays usable."""
+
+    @functools.wraps(function)
+    def wrapper(session: Session, *args: Any, **kwargs: Any) -> T:
+        try:
+            return function(session, *args, **kwargs)
+        except BaseException:
+            session.rollback()
+            raise
+
+    return wrapper
