@@ -86,19 +86,30 @@ def _require_role(session: Session, username: str, roles: Sequence[str], agency_
 
 @unit_of_work
 def claim(session: Session, task_id: int, actor: str, now: datetime) -> Task:
-    """Take an offered step into one's own inbox (and receive its hand-over)."""
+    """Take an offered step into one's own inbox (and receive its hand-over).
+
+    Two officers claiming at once: the conditional update lets exactly one win.
+    """
     task = _task(session, task_id)
     if task.state != TaskState.READY:
         session.rollback()
         raise Conflict(f"Step '{task.step_name}' is {task.state}" + (f" by {task.assignee}." if task.assignee else "."))
     _require_role(session, actor, [task.role or "officer"], task.agency_id, f"claim step '{task.step_name}'")
-    task.state, task.assignee, task.claimed_at = TaskState.CLAIMED, actor, now
+    won = session.execute(
+        update(Task)
+        .where(Task.id == task.id, Task.state == TaskState.READY)
+        .values(state=TaskState.CLAIMED, assignee=actor, claimed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if won.rowcount != 1:
+        session.rollback()
+        raise Conflict(f"Step '{task.step_name}' was just claimed by someone else.")
     dossiers.receive_handover(session, task.id, actor, now)
     audit = _Audit(actor, now, task.dossier_id)
     audit.add("task.claim", task.id, TaskState.READY, TaskState.CLAIMED, task.step_id)
     dossiers.add_audit(session, audit.rows)
     session.commit()
-    return task
+    return _task(session, task_id)
 
 
 @unit_of_work

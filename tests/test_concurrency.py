@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import escalation, services
+from engine import escalation, lifecycle, organisation, services
+from engine.errors import Conflict
 from engine.persistence.models import Dossier, Escalation, OutboxMessage
 
 from .conftest import fixture_bytes
@@ -68,3 +69,31 @@ def test_two_sweepers_fire_each_rung_once(db_engine: Engine, now: datetime) -> N
     assert sum(r.fired for r in reports) == fired
     assert fired <= rungs and fired >= 7  # every pass fired something, nothing twice
     assert messages == sum(r.messages for r in reports)
+
+
+def test_two_officers_claiming_at_once_exactly_one_wins(db_engine: Engine, now: datetime) -> None:
+    with Session(db_engine, expire_on_commit=False) as session:
+        _load(session, "org_two_tier.yaml", now)
+        organisation_text = "officers:\n  - {username: lan2.desk, full_name: Phan Thị Lan, roles: [{agency: 000.17.22.H19, role: receptionist}]}\n"
+        organisation.load_organisation(session, organisation.parse_organisation(organisation_text), "admin", now)
+        services.deploy(session, fixture_bytes("land_joint.bpmn"), actor="designer", now=now)
+        tasks = []
+        for _ in range(5):
+            dossier = services.start_dossier(session, "1.999010", {}, actor="lan.desk", now=now, agency_code=XA)
+            tasks.append(services.open_tasks(session, dossier.code)[0].id)
+    outcomes: dict[tuple[int, str], str] = {}
+    barrier = threading.Barrier(2)
+
+    def grab(username: str) -> None:
+        with Session(db_engine, expire_on_commit=False) as session:
+            for task_id in tasks:
+                barrier.wait(timeout=30)
+                try:
+                    lifecycle.claim(session, task_id, username, now)
+                    outcomes[(task_id, username)] = "won"
+                except Conflict:
+                    outcomes[(task_id, username)] = "lost"
+
+    _run([threading.Thread(target=grab, args=(name,)) for name in ("lan.desk", "lan2.desk")])
+    for task_id in tasks:
+        assert sorted(outcomes[(task_id, u)] for u in ("lan.desk", "lan2.desk")) == ["lost", "won"]

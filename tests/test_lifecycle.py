@@ -13,7 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine import documents, escalation, lifecycle, organisation, services
 from engine.core.calendar import VN_TZ
 from engine.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from engine.persistence.models import Agency, AuditEvent, Escalation, Handover, OutboxMessage, Task
+from engine.persistence.models import (
+    Agency,
+    AuditEvent,
+    Escalation,
+    Handover,
+    OutboxMessage,
+    Task,
+)
 
 from .conftest import FIXTURES, fixture_bytes
 

@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 from engine import services
 from engine.core.calendar import VN_TZ
 from engine.errors import Conflict, DeploymentRejected, InvalidRequest, NotFound
-from engine.persistence.models import AuditEvent, Dossier, ProcedureVersion, Task, TaskState
+from engine.persistence.models import (
+    AuditEvent,
+    Dossier,
+    ProcedureVersion,
+    Task,
+    TaskState,
+)
 
 from .conftest import fixture_bytes
 
