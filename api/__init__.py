@@ -1,11 +1,2 @@
-"""JSON API under ``/api/v1`` (a thin layer over :mod:`engine.services`)."""
-
-from flask import Blueprint, jsonify
-
-bp = Blueprint("api", __name__)
-
-
-@bp.get("/health")
-def health_get():  # type: ignore[no-untyped-def]
-    """Liveness of the API itself."""
-    return jsonify(status="ok")
+"""JSON API under ``/api/v1``: thin views over the engine's use cases, described by
+OpenAPI (``/api/v1/openapi.json``) generated from the schemas that validate requests."""

@@ -6,36 +6,78 @@ import logging
 from typing import Any
 
 from flask import Flask, g, jsonify, request
+from flask_smorest import Api
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from engine import config as config_module
-from engine.errors import DeploymentRejected, EngineError
+from engine.errors import EngineError
 from engine.persistence.db import make_engine, make_session_factory
 
 __all__ = ["create_app", "db_session"]
 
 log = logging.getLogger(__name__)
 
-#: HTTP status for each kind of engine error (the one place this mapping lives).
-ERROR_STATUS = {"not_found": 404, "conflict": 409, "forbidden": 403, "invalid": 400, "rejected": 422, "error": 400}
+#: Largest request body accepted (a deployment of several BPMN files fits).
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+_LOCATIONS = ("json", "form", "files", "query", "headers", "view_args")
+
+
+def _flatten(messages: Any, prefix: str = "") -> list[dict[str, str]]:
+    """webargs' nested ``{location: {field: [message]}}`` as a flat list of field errors."""
+    out: list[dict[str, str]] = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            if not prefix and key in _LOCATIONS:
+                out.extend(_flatten(value))
+            else:
+                out.extend(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(messages, list):
+        for item in messages:
+            if isinstance(item, (dict, list)):
+                out.extend(_flatten(item, prefix))
+            else:
+                out.append({"field": prefix or "body", "message": str(item)})
+    else:
+        out.append({"field": prefix or "body", "message": str(messages)})
+    return out
 
 
 def create_app(settings: config_module.Settings | None = None, **overrides: Any) -> Flask:
     """Build the app from ``settings`` (default: ``MOTCUA_*`` environment variables)."""
     settings = settings or config_module.load(**overrides)
     app = Flask(__name__, instance_path=settings.instance_path)
-    app.config.update(SECRET_KEY=settings.secret_key, MOTCUA=settings, JSON_AS_ASCII=False)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MOTCUA=settings,
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        API_TITLE="Một Cửa API",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "info": {"description": "Thủ tục hành chính theo cơ chế một cửa, một cửa liên thông."},
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        },
+    )
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
     engine = make_engine(settings.database_url, echo=settings.echo_sql)
     app.extensions["motcua.engine"] = engine
     app.extensions["motcua.sessions"] = make_session_factory(engine)
 
+    api = Api(app)
+    from . import auth_routes, dossiers, procedures, public, tasks
+    from . import organisation as organisation_routes
+
+    for module in (auth_routes, procedures, dossiers, tasks, organisation_routes, public):
+        api.register_blueprint(module.bp, url_prefix=f"/api/v1{module.PREFIX}")
+
     from admin import bp as admin_bp
 
-    from . import bp as api_bp
-
-    app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(admin_bp)
 
     @app.get("/healthz")
@@ -43,11 +85,10 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
         """Liveness and database check for load balancers and monitors."""
         try:
             db_session().execute(text("SELECT 1"))
-            database = "ok"
         except Exception:  # any database failure means unhealthy, with no details leaked
             log.exception("health check: database unreachable")
             return jsonify(status="error", database="unreachable"), 503
-        return jsonify(status="ok", database=database, backend=engine.dialect.name)
+        return jsonify(status="ok", database="ok", backend=engine.dialect.name)
 
     @app.teardown_appcontext
     def close_session(_exc: BaseException | None) -> None:
@@ -57,22 +98,34 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
 
     @app.errorhandler(EngineError)
     def engine_error(err: EngineError) -> Any:
-        body: dict[str, Any] = {"error": err.status, "message": err.message}
-        if isinstance(err, DeploymentRejected):
-            body["problems"] = [p.as_dict() for p in err.problems]
-        if err.details:
-            body["details"] = err.details
-        return jsonify(body), ERROR_STATUS.get(err.status, 400)
+        from .problems import from_engine_error
+
+        return from_engine_error(err)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Any:
-        body = jsonify(error=err.name.lower().replace(" ", "_"), message=err.description)
-        return body, err.code
+        from .problems import problem
+
+        data = getattr(err, "data", None) or {}
+        errors = _flatten(data["messages"]) if data.get("messages") else None
+        detail = err.description or err.name
+        if errors:
+            detail = "Some fields are not valid: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem(err.code or 500, detail, errors=errors)
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception) -> Any:
+        from .problems import problem
+
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return jsonify(error="internal", message="Lỗi hệ thống; vui lòng thử lại sau. (Internal error; please try again later.)"), 500
+        return problem(500, "Lỗi hệ thống; vui lòng thử lại sau. (Internal error; please try again later.)")
+
+    @app.after_request
+    def security_headers(response: Any) -> Any:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
 
     return app
 

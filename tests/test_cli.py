@@ -99,7 +99,7 @@ def test_serve_answers_health_over_real_http(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nothing-here", timeout=2)
         assert missing.value.code == 404
-        assert json.load(missing.value)["error"] == "not_found"
+        assert json.load(missing.value)["status"] == 404
     finally:
         server.terminate()
         server.wait(timeout=10)
