@@ -19,7 +19,8 @@ werkzeug's ``ProxyFix``), or all clients share one count.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from flask import current_app, request
 from flask.views import MethodView
@@ -54,7 +55,7 @@ _NULL = "Trường này không được để trống."
 class _Text(fields.String):
     """A string, trimmed, without control characters (PostgreSQL refuses NUL)."""
 
-    default_error_messages = {
+    default_error_messages: ClassVar[dict[str, str]] = {
         "required": _REQUIRED,
         "null": _NULL,
         "invalid": "Phải là một chuỗi ký tự.",
@@ -85,19 +86,19 @@ _SECRET_DOC = f"{SECRET_DIGITS} chữ số cuối của số điện thoại ng�
 
 
 class _Nested(fields.Nested):
-    default_error_messages = {"required": _REQUIRED, "null": _NULL, "type": "Phải là một đối tượng JSON."}
+    default_error_messages: ClassVar[dict[str, str]] = {"required": _REQUIRED, "null": _NULL, "type": "Phải là một đối tượng JSON."}
 
 
 class _In(Schema):
     """Request bodies: unknown fields are refused, messages are in Vietnamese."""
 
-    error_messages = {"unknown": "Trường không được chấp nhận.", "type": "Dữ liệu gửi lên phải là một đối tượng JSON."}
+    error_messages: ClassVar[dict[str, str]] = {"unknown": "Trường không được chấp nhận.", "type": "Dữ liệu gửi lên phải là một đối tượng JSON."}
 
 
 class _Score(fields.Field):
     """A score 1–5, or its name on the Vietnamese scale."""
 
-    default_error_messages = {
+    default_error_messages: ClassVar[dict[str, str]] = {
         "required": _REQUIRED,
         "null": _NULL,
         "invalid": "Điểm phải là số nguyên từ 1 đến 5 hoặc một mức: " + ", ".join(f"“{n}”" for n in SCALE.values()) + ".",
@@ -223,15 +224,23 @@ def limiter() -> FailureLimiter:
 
 
 def _guarded(run: Callable[[], T]) -> T:
-    """Run a use case that checks a secret: refuse while the client is blocked, count failures."""
+    """Run a use case that checks a secret: refuse while the client is blocked, count failures.
+
+    The attempt counts as a failure from the start and is forgiven unless the
+    secret turns out wrong, so parallel requests cannot slip past the limit.
+    """
     key = request.remote_addr or "unknown"
     counter = limiter()
-    counter.check(key)
+    token = counter.begin(key)
     try:
-        return run()
+        result = run()
     except public.LookupFailed:
-        counter.fail(key)
         raise
+    except BaseException:
+        counter.forgive(key, token)
+        raise
+    counter.forgive(key, token)
+    return result
 
 
 @bp.after_request

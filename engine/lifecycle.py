@@ -109,7 +109,7 @@ def claim(session: Session, task_id: int, actor: str, now: datetime) -> Task:
     audit.add("task.claim", task.id, TaskState.READY, TaskState.CLAIMED, task.step_id)
     dossiers.add_audit(session, audit.rows)
     session.commit()
-    return _task(session, task_id)
+    return session.get(Task, task_id, populate_existing=True)  # re-read without keeping a lock
 
 
 @unit_of_work

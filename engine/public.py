@@ -23,9 +23,10 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -49,11 +50,11 @@ from .services import DossierStatus
 
 __all__ = [
     "CRITERIA",
-    "FailureLimiter",
     "LOOKUP_FAILED",
-    "LookupFailed",
     "SCALE",
     "SECRET_DIGITS",
+    "FailureLimiter",
+    "LookupFailed",
     "Verified",
     "is_satisfied",
     "lookup",
@@ -117,9 +118,7 @@ _SCALE_BY_NAME = {_normalise(name): score for score, name in SCALE.items()}
 
 def parse_score(value: Any) -> int:
     """A score 1–5 from an integer or a name of :data:`SCALE` (any case); ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError("not a score")
-    if isinstance(value, int) and value in SCALE:
+    if isinstance(value, int) and not isinstance(value, bool) and value in SCALE:
         return value
     if isinstance(value, str):
         text = _normalise(value)
@@ -296,7 +295,7 @@ class FailureLimiter:
         if limit < 1 or window <= 0:
             raise ValueError("limit must be ≥ 1 and window > 0")
         self.limit, self.window, self.max_keys, self.clock = limit, float(window), max_keys, clock
-        self._failures: "OrderedDict[str, deque[float]]" = OrderedDict()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _recent(self, key: str, at: float) -> deque[float] | None:
@@ -319,25 +318,54 @@ class FailureLimiter:
                 return 0
             return max(1, math.ceil(failures[-self.limit] + self.window - at))
 
+    def _refuse(self, wait: int) -> TooManyAttempts:
+        return TooManyAttempts(
+            f"Ông/bà đã nhập sai mã hồ sơ hoặc mã bí mật quá nhiều lần; vui lòng thử lại sau {wait} giây.", wait
+        )
+
     def check(self, key: str) -> None:
         """Raise :class:`TooManyAttempts` while ``key`` has used up its failures."""
         wait = self.retry_after(key)
         if wait:
-            raise TooManyAttempts(
-                f"Ông/bà đã nhập sai quá {self.limit} lần; vui lòng thử lại sau {wait} giây.", wait
-            )
+            raise self._refuse(wait)
+
+    def begin(self, key: str) -> float:
+        """Start an attempt: refuse like :meth:`check`, else count it as a failure at once
+        (so that concurrent attempts cannot all pass the check) and return its token for
+        :meth:`forgive` should it succeed."""
+        with self._lock:
+            at = self.clock()
+            failures = self._recent(key, at)
+            if failures is not None and len(failures) >= self.limit:
+                raise self._refuse(max(1, math.ceil(failures[-self.limit] + self.window - at)))
+            self._add(key, failures, at)
+            return at
+
+    def forgive(self, key: str, token: float) -> None:
+        """Take back the failure :meth:`begin` counted: the attempt succeeded."""
+        with self._lock:
+            failures = self._failures.get(key)
+            if failures is not None:
+                try:
+                    failures.remove(token)
+                except ValueError:
+                    pass
+                if not failures:
+                    del self._failures[key]
 
     def fail(self, key: str) -> None:
         """Count one failure of ``key``."""
         with self._lock:
             at = self.clock()
-            failures = self._recent(key, at)
-            if failures is None:
-                failures = self._failures[key] = deque(maxlen=self.limit)
-            failures.append(at)
-            self._failures.move_to_end(key)
-            while len(self._failures) > self.max_keys:
-                self._failures.popitem(last=False)
+            self._add(key, self._recent(key, at), at)
+
+    def _add(self, key: str, failures: deque[float] | None, at: float) -> None:
+        if failures is None:
+            failures = self._failures[key] = deque(maxlen=self.limit)
+        failures.append(at)
+        self._failures.move_to_end(key)
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
 
     def reset(self) -> None:
         with self._lock:

@@ -87,12 +87,14 @@ def test_two_officers_claiming_at_once_exactly_one_wins(db_engine: Engine, now: 
     def grab(username: str) -> None:
         with Session(db_engine, expire_on_commit=False) as session:
             for task_id in tasks:
-                barrier.wait(timeout=30)
                 try:
+                    barrier.wait(timeout=30)
                     lifecycle.claim(session, task_id, username, now)
                     outcomes[(task_id, username)] = "won"
                 except Conflict:
                     outcomes[(task_id, username)] = "lost"
+                except BaseException as err:  # shown in the assertion below
+                    outcomes[(task_id, username)] = repr(err)
 
     _run([threading.Thread(target=grab, args=(name,)) for name in ("lan.desk", "lan2.desk")])
     for task_id in tasks:
