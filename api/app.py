@@ -120,6 +120,17 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem(500, "Lỗi hệ thống; vui lòng thử lại sau. (Internal error; please try again later.)")
 
+    @app.before_request
+    def refuse_nul_characters() -> Any:
+        """No text the engine stores may hold a NUL character (PostgreSQL refuses them)."""
+        from .problems import problem
+
+        body = request.get_data(cache=True) if (request.content_length or 0) <= MAX_REQUEST_BYTES else b""
+        if "\x00" in request.path or b"%00" in request.query_string or b"\\u0000" in body or b"\x00" in body:
+            if request.path.startswith("/api/"):
+                return problem(400, "NUL characters (\\u0000) are not allowed in requests.")
+        return None
+
     @app.after_request
     def security_headers(response: Any) -> Any:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")

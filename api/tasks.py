@@ -22,6 +22,7 @@ SECURED = [{"bearer": []}]
 
 
 def _code_of(task_id: int) -> str:
+    services._checked_id(task_id, "task")
     task = db_session().get(Task, task_id)
     if task is None:
         raise NotFound(f"No task {task_id}.")

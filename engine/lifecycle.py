@@ -52,6 +52,7 @@ def _fresh(query: Any) -> Any:
 
 
 def _task(session: Session, task_id: int) -> Task:
+    services._checked_id(task_id, "task")
     task = session.get(Task, task_id, populate_existing=True, with_for_update=True)
     if task is None:
         raise NotFound(f"No task {task_id}.")
@@ -59,6 +60,7 @@ def _task(session: Session, task_id: int) -> Task:
 
 
 def _record(session: Session, code: str) -> DossierRecord:
+    services._checked_code(code, "dossier")
     record = dossiers.find_dossier(session, code)
     if record is None:
         raise NotFound(f"No dossier with code {code}.")
@@ -156,6 +158,7 @@ def return_to_previous(session: Session, task_id: int, reason: str, actor: str, 
     """
     if not reason or not reason.strip():
         raise InvalidRequest("Give the reason for returning the dossier.")
+    services._checked_id(task_id, "task")
     record, open_rows = dossiers.lock_dossier_with_open_tasks(session, task_id)
     task = next((row for row in open_rows if row.id == task_id), None)
     if record is None or task is None:

@@ -175,7 +175,21 @@ def deploy(session: Session, files: Mapping[str, bytes], actor: str, now: dateti
     return DeployResult(procedure.code, procedure.name, version.version, True, definition.warnings)
 
 
+def _checked_code(code: str, what: str) -> str:
+    """Refuse codes no row can have (NUL, overlong) before they reach the database."""
+    if not isinstance(code, str) or not code or len(code) > 64 or "\x00" in code:
+        raise NotFound(f"No {what} with code {code!r:.80}.")
+    return code
+
+
+def _checked_id(value: int, what: str) -> int:
+    if not isinstance(value, int) or not 0 < value < 2**31:  # ids are 32-bit integers
+        raise NotFound(f"No {what} {value}.")
+    return value
+
+
 def get_procedure(session: Session, code: str) -> Procedure:
+    _checked_code(code, "procedure")
     procedure = session.scalar(select(Procedure).where(Procedure.code == code))
     if procedure is None:
         raise NotFound(f"No procedure with code {code}.")
@@ -402,6 +416,7 @@ def start_dossier(
 
 def get_dossier(session: Session, code: str) -> Dossier:
     """The dossier ``code`` as stored now."""
+    _checked_code(code, "dossier")
     dossier = session.scalar(select(Dossier).where(Dossier.code == code).execution_options(populate_existing=True))
     if dossier is None:
         raise NotFound(f"No dossier with code {code}.")
@@ -410,6 +425,7 @@ def get_dossier(session: Session, code: str) -> Dossier:
 
 def open_tasks(session: Session, dossier_code: str) -> Sequence[Any]:
     """The open human steps of a dossier, oldest first (rows with the columns of ``tasks``)."""
+    _checked_code(dossier_code, "dossier")
     rows = dossiers.open_task_rows_by_code(session, dossier_code)
     if not rows and dossiers.find_dossier(session, dossier_code) is None:
         raise NotFound(f"No dossier with code {dossier_code}.")
@@ -451,6 +467,7 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
     """Complete an open step with its form ``data`` and move the dossier on."""
     if not isinstance(data, Mapping):
         raise InvalidRequest("Form data must be an object of field names and values.")
+    _checked_id(task_id, "task")
     # Lock the dossier first, then read its open steps: two officers completing
     # steps of one dossier at once queue here instead of overwriting each other.
     record, open_rows = dossiers.lock_dossier_with_open_tasks(session, task_id)
