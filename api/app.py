@@ -65,6 +65,10 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
         },
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    if settings.trust_proxy:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
     engine = make_engine(settings.database_url, echo=settings.echo_sql)
     app.extensions["motcua.engine"] = engine
     app.extensions["motcua.sessions"] = make_session_factory(engine)

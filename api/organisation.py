@@ -9,10 +9,11 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy import select
 
-from engine import auth, services
-from engine.persistence.models import Agency, CalendarOverride
+from engine import auth, organisation, services
+from engine.persistence.models import Agency, CalendarOverride, Officer, OfficerRole
 
 from .app import db_session
+from .schemas import PageArgs
 from .security import current, login_required, now
 
 PREFIX = ""
@@ -67,3 +68,65 @@ class Overrides(MethodView):
         auth.require(current(), "administrator")
         services.add_calendar_override(db_session(), body["day"], body["kind"], body.get("note"), current().username, now())
         return body
+
+
+class GrantOut(Schema):
+    agency = fields.String(required=True)
+    role = fields.String(required=True)
+
+
+class OfficerOut(Schema):
+    username = fields.String(required=True)
+    full_name = fields.String(required=True)
+    email = fields.String(allow_none=True)
+    phone = fields.String(allow_none=True)
+    active = fields.Boolean(required=True)
+    roles = fields.List(fields.Nested(GrantOut), required=True)
+
+
+class OrganisationIn(Schema):
+    agencies = fields.List(fields.Dict(), load_default=list, validate=validate.Length(max=5000))
+    officers = fields.List(fields.Dict(), load_default=list, validate=validate.Length(max=20000))
+
+
+class LoadOut(Schema):
+    agencies = fields.Integer(required=True)
+    officers = fields.Integer(required=True)
+
+
+@bp.route("/officers")
+class Officers(MethodView):
+    @bp.arguments(PageArgs, location="query")
+    @bp.response(200, OfficerOut(many=True))
+    @bp.doc(security=SECURED)
+    @login_required
+    def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Officers and the roles they hold (administrators and supervisors)."""
+        auth.require(current(), "administrator", "supervisor")
+        session = db_session()
+        officers = session.scalars(
+            select(Officer).order_by(Officer.username).offset((args["page"] - 1) * args["page_size"]).limit(args["page_size"])
+        ).all()
+        grants = session.execute(
+            select(OfficerRole.officer_id, Agency.code, OfficerRole.role)
+            .join(Agency, Agency.id == OfficerRole.agency_id)
+            .where(OfficerRole.officer_id.in_([o.id for o in officers]))
+            .order_by(Agency.code, OfficerRole.role)
+        ).all()
+        return [
+            {"username": o.username, "full_name": o.full_name, "email": o.email, "phone": o.phone, "active": o.active,
+             "roles": [{"agency": code, "role": role} for oid, code, role in grants if oid == o.id]}
+            for o in officers
+        ]
+
+
+@bp.route("/organisation")
+class OrganisationLoad(MethodView):
+    @bp.arguments(OrganisationIn)
+    @bp.response(200, LoadOut)
+    @bp.doc(security=SECURED)
+    @login_required
+    def post(self, body: dict[str, Any]) -> dict[str, int]:
+        """Create or update agencies and officers (administrators); same shape as the YAML file."""
+        auth.require(current(), "administrator")
+        return organisation.load_organisation(db_session(), body, current().username, now())

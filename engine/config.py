@@ -31,6 +31,8 @@ class Settings:
     default_agency_code: str = "000.00.00.H00"
     #: Secret key for signed cookies and tokens.
     secret_key: str = "dev-only-change-me"
+    #: Behind a reverse proxy: take the client address from X-Forwarded-For (one hop).
+    trust_proxy: bool = False
     #: Address of the public site, printed in QR codes on the forms.
     public_url: str = "http://127.0.0.1:5000"
     #: Outbox delivery. Email over SMTP (empty host: messages are only logged).

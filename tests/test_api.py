@@ -239,3 +239,49 @@ def test_openapi_document_describes_requests_and_responses(client: Client) -> No
     body_schema = receive["requestBody"]["content"]["application/json"]["schema"]
     name = body_schema["$ref"].rsplit("/", 1)[-1]
     assert {"procedure_code", "agency_code", "applicant"} <= set(spec["components"]["schemas"][name]["required"])
+
+
+def test_designer_deploys_over_http_and_sees_the_problems(client: Client) -> None:
+    designer = client.login("thiet.ke")
+    boundary = "motcua-boundary"
+
+    def multipart(files: dict[str, bytes]) -> bytes:
+        parts = b""
+        for name, content in files.items():
+            parts += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                      "Content-Type: application/xml\r\n\r\n").encode() + content + b"\r\n"
+        return parts + f"--{boundary}--\r\n".encode()
+
+    def deploy(files: dict[str, bytes]) -> tuple[int, Any]:
+        request = urllib.request.Request(client.base + "/api/v1/procedures", data=multipart(files), method="POST", headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}", "Authorization": f"Bearer {designer}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    status, created = deploy(fixture_bytes("parallel_main.bpmn", "parallel_called.bpmn"))
+    assert (status, created["code"], created["version"], created["created"]) == (201, "1.999003", 1, True)
+    status, again = deploy(fixture_bytes("parallel_main.bpmn", "parallel_called.bpmn"))
+    assert (status, again["version"], again["created"]) == (200, 1, False)
+    status, rejected = deploy(fixture_bytes("parallel_main.bpmn"))
+    assert status == 422
+    [problem] = [p for p in rejected["problems"] if p["severity"] == "error"]
+    assert problem["element_id"] == "check" and problem["line"] and "Verify" in problem["message"]
+    status, xml, _ = client.call("GET", "/api/v1/procedures/1.999003/versions/1/files/parallel_called.bpmn")
+    assert status == 200 and b"<bpmn:process" in xml
+
+
+def test_administrators_manage_the_organisation(client: Client) -> None:
+    admin = client.login("quan.tri")
+    desk = client.login("lan.desk")
+    body = {"agencies": [{"code": "000.17.24.H19", "name": "UBND xã An Phước", "level": "commune", "parent": "000.00.00.H19"}],
+            "officers": [{"username": "moi.desk", "full_name": "Tạ Thị Mới", "roles": [{"agency": "000.17.24.H19", "role": "receptionist"}]}]}
+    assert client.call("POST", "/api/v1/organisation", desk, body)[0] == 403
+    status, counts, _ = client.call("POST", "/api/v1/organisation", admin, body)
+    assert (status, counts) == (200, {"agencies": 1, "officers": 1})
+    status, officers, _ = client.call("GET", "/api/v1/officers?page_size=200", admin)
+    assert {"agency": "000.17.24.H19", "role": "receptionist"} in next(o for o in officers if o["username"] == "moi.desk")["roles"]
+    status, agencies, _ = client.call("GET", "/api/v1/agencies")
+    assert "000.17.24.H19" in [a["code"] for a in agencies]
