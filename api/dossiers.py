@@ -143,8 +143,9 @@ class Dossiers(MethodView):
         ).where(_visible(session, current()))
         if args.get("code"):
             query = query.where(Dossier.code == args["code"])
-        if args.get("applicant"):
-            query = query.where(Dossier.applicant_name.ilike(f"%{args['applicant']}%"))
+        if args.get("applicant"):  # the start of the name, so that an index serves it
+            prefix = args["applicant"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(func.lower(Dossier.applicant_name).like(f"{prefix}%", escape="\\"))
         if args.get("procedure"):
             query = query.where(Procedure.code == args["procedure"])
         if args.get("agency"):

@@ -148,7 +148,7 @@ class DossierPageOut(Schema):
 
 class SearchArgs(PageArgs):
     code = fields.String(validate=validate.Length(max=64))
-    applicant = fields.String(validate=validate.Length(max=200))
+    applicant = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "Start of the applicant's name"})
     procedure = fields.String(validate=validate.Length(max=64))
     agency = fields.String(validate=validate.Length(max=64))
     status = fields.Integer(validate=validate.Range(min=1, max=10))

@@ -160,7 +160,12 @@ class Dossier(Base):
     """A dossier (hồ sơ) running on one procedure version."""
 
     __tablename__ = "dossiers"
-    __table_args__ = (Index(None, "status", "due_at"),)
+    __table_args__ = (
+        Index(None, "status", "due_at"),
+        Index("ix_dossiers_received_at", "received_at"),
+        Index("ix_dossiers_agency_code_received_at", "agency_code", "received_at"),
+        # ix_dossiers_applicant_lower on lower(applicant_name) is created by migration 0004.
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(64), unique=True)
