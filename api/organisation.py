@@ -44,11 +44,15 @@ class OverrideOut(Schema):
 
 @bp.route("/agencies")
 class Agencies(MethodView):
+    @bp.arguments(PageArgs, location="query")
     @bp.response(200, AgencyOut(many=True))
-    def get(self) -> list[dict[str, Any]]:
-        """Every agency of the province (public: receiving desks are chosen from it)."""
-        rows = db_session().scalars(select(Agency).order_by(Agency.code)).all()
-        codes = {a.id: a.code for a in rows}
+    def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The agencies of the province, by code (public: receiving desks are chosen from it)."""
+        session = db_session()
+        rows = session.scalars(
+            select(Agency).order_by(Agency.code).offset((args["page"] - 1) * args["page_size"]).limit(args["page_size"])
+        ).all()
+        codes = dict(session.execute(select(Agency.id, Agency.code)).all())
         return [{"code": a.code, "name": a.name, "level": a.level, "kind": a.kind, "parent": codes.get(a.parent_id), "active": a.active} for a in rows]
 
 

@@ -31,12 +31,13 @@ def _code_of(task_id: int) -> str:
 
 @bp.route("/inbox")
 class Inbox(MethodView):
+    @bp.arguments(schemas.PageArgs, location="query")
     @bp.response(200, schemas.InboxOut)
     @bp.doc(security=SECURED)
     @login_required
-    def get(self) -> Any:
-        """My claimed steps, and the steps offered to my roles at my agencies — most urgent first."""
-        return services.inbox(db_session(), current().username)
+    def get(self, args: dict[str, Any]) -> Any:
+        """My claimed steps, and the steps offered to my roles at my agencies — most urgent first, a page of each."""
+        return services.inbox(db_session(), current().username, limit=args["page_size"], offset=(args["page"] - 1) * args["page_size"])
 
 
 @bp.route("/<int:task_id>/claim")

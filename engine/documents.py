@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -75,8 +76,6 @@ def form_context(session: Session, code: str, form: str, public_url: str) -> for
             raise Conflict(f"No apology was issued for dossier {code}.")
         late = session.scalar(select(Agency).where(Agency.code == apology.details.get("agency")))
         late_parent = _agency(session, late.parent_id) if late else None
-        from datetime import datetime
-
         context.update(
             late_agency=late.name if late else apology.details.get("agency"),
             parent_agency=late_parent.name.upper() if late_parent else context["parent_agency"],

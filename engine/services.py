@@ -440,14 +440,15 @@ class Inbox:
     queue: Sequence[Any]
 
 
-def inbox(session: Session, username: str, limit: int = 50) -> Inbox:
+def inbox(session: Session, username: str, limit: int = 50, offset: int = 0) -> Inbox:
     """The officer's claimed steps and their roles' queue, most urgent first (rows of ``tasks``)."""
     grants = organisation.officer_agencies(session, username)
     table = Task.__table__
     mine = session.execute(
         select(table)
         .where(table.c.assignee == username, table.c.state == TaskState.CLAIMED)
-        .order_by(table.c.due_at.is_(None), table.c.due_at)
+        .order_by(table.c.due_at.is_(None), table.c.due_at, table.c.id)
+        .offset(offset)
         .limit(limit)
     ).all()
     queue: Sequence[Any] = []
@@ -456,7 +457,8 @@ def inbox(session: Session, username: str, limit: int = 50) -> Inbox:
         queue = session.execute(
             select(table)
             .where(table.c.state == TaskState.READY, offered)
-            .order_by(table.c.due_at.is_(None), table.c.due_at)
+            .order_by(table.c.due_at.is_(None), table.c.due_at, table.c.id)
+            .offset(offset)
             .limit(limit)
         ).all()
     return Inbox(mine, queue)

@@ -283,5 +283,5 @@ def test_administrators_manage_the_organisation(client: Client) -> None:
     assert (status, counts) == (200, {"agencies": 1, "officers": 1})
     status, officers, _ = client.call("GET", "/api/v1/officers?page_size=200", admin)
     assert {"agency": "000.17.24.H19", "role": "receptionist"} in next(o for o in officers if o["username"] == "moi.desk")["roles"]
-    status, agencies, _ = client.call("GET", "/api/v1/agencies")
+    status, agencies, _ = client.call("GET", "/api/v1/agencies?page_size=200")
     assert "000.17.24.H19" in [a["code"] for a in agencies]

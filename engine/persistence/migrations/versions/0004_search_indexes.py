@@ -8,7 +8,6 @@ Create Date: 2026-11-23
 from typing import Sequence, Union
 
 from alembic import op
-import sqlalchemy as sa
 
 revision: str = '0004'
 down_revision: Union[str, Sequence[str], None] = '0003'
