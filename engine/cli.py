@@ -369,9 +369,16 @@ def bench(quick: bool, postgres_url: str | None) -> None:
 @click.option("--no-serve", is_flag=True, help="Set up the demo data and stop.")
 @click.pass_context
 def demo(ctx: click.Context, host: str, port: int, no_serve: bool) -> None:
-    """Set up the embedded database with the bundled procedures, then serve."""
+    """Set up the embedded database with the demo province and the bundled procedures, then serve."""
+    from . import organisation
+
     ctx.invoke(init_db)
     with _session(ctx) as session:
+        for path in sorted((PROCESSES_DIR / "demo").glob("*.yaml")):
+            counts = organisation.load_organisation(
+                session, organisation.parse_organisation(path.read_text(encoding="utf-8"), path.name), actor="demo", now=_now()
+            )
+            click.echo(f"{path.name}: {counts['agencies']} agencies, {counts['officers']} officers (password: motcua-demo)")
         for path in sorted(PROCESSES_DIR.glob("*.bpmn")):
             try:
                 result = services.deploy(session, {path.name: path.read_bytes()}, actor="demo", now=_now())

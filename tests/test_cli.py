@@ -109,6 +109,7 @@ def test_demo_sets_up_the_bundled_procedures_and_the_home_page_lists_them(tmp_pa
     result = motcua(tmp_path, "demo", "--no-serve")
     assert result.returncode == 0, result.stderr
     assert "2.000815 version 1" in result.stdout
+    assert "dong-nai.yaml: 10 agencies, 27 officers" in result.stdout
     from api.app import create_app
     from engine import config
 
@@ -117,3 +118,5 @@ def test_demo_sets_up_the_bundled_procedures_and_the_home_page_lists_them(tmp_pa
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert "Danh mục thủ tục" in html and "2.000815" in html and "Chứng thực" in html
+    login = app.test_client().post("/api/v1/auth/login", json={"username": "motcua.phuocan", "password": "motcua-demo"})
+    assert login.status_code == 200 and login.get_json()["roles"] == [{"agency": "000.17.22.H19", "role": "receptionist"}]
