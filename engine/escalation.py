@@ -56,12 +56,14 @@ def sweep(sessions: Callable[[], Session], now: datetime, batch: int = 1000) -> 
     with sessions() as session:
         query = (
             select(Escalation.id)
-            .where(Escalation.state == "pending", Escalation.due_at <= now)
+            .join(Dossier, Dossier.id == Escalation.dossier_id)
+            # While a dossier waits for the applicant its clock is stopped: nothing escalates.
+            .where(Escalation.state == "pending", Escalation.due_at <= now, Dossier.paused_at.is_(None))
             .order_by(Escalation.due_at)
             .limit(batch)
         )
         if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
+            query = query.with_for_update(of=Escalation, skip_locked=True)
         ids = list(session.scalars(query))
         for rung_id in ids:
             try:

@@ -320,3 +320,18 @@ def test_a_procedure_can_set_its_own_escalation_ladder(session: Session, now: da
     with pytest.raises(services.DeploymentRejected) as caught:
         services.deploy(session, {"bad.bpmn": bad}, actor="designer", now=now)
     assert any("Escalation" in p.message for p in caught.value.problems)
+
+
+def test_nothing_escalates_while_the_clock_is_stopped(province: Session, db_engine: Engine) -> None:
+    session = province
+    sessions = sessionmaker(db_engine, expire_on_commit=False)
+    dossier = services.start_dossier(session, "1.999010", {}, actor="lan.desk", now=vn(2026, 3, 2, 8, 0), agency_code=XA,
+                                     applicant={"name": "Lê Văn Bé", "phone": "0911222333"})
+    receive = _only(session, dossier.code)  # half a day: due Mon 2/3 13:30
+    lifecycle.request_supplement(session, dossier.code, ["Bản sao sổ hộ khẩu"], "lan.desk", vn(2026, 3, 2, 9, 0))
+    assert escalation.sweep(sessions, vn(2026, 3, 4, 9, 0)).fired == 0  # two days later, still paused
+    lifecycle.resume(session, dossier.code, "lan.desk", vn(2026, 3, 4, 9, 0))
+    receive = session.get(Task, receive.id, populate_existing=True)
+    # 1 h had run before the pause (08:00–09:00): the remaining 3 h run from Wed 09:00 → 13:30 with lunch.
+    assert receive.due_at.astimezone(VN_TZ) == vn(2026, 3, 4, 13, 30)
+    assert escalation.sweep(sessions, vn(2026, 3, 4, 13, 30)).fired == 2  # the warning and the head of unit, now due
