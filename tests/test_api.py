@@ -75,11 +75,22 @@ def client(db_engine: Engine, now: datetime) -> Iterator[Client]:
         services.deploy(session, fixture_bytes("land_joint.bpmn"), actor="designer", now=now)
     app = create_app(database_url=db_engine.url.render_as_string(hide_password=False))
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
+    stopping = threading.Event()
+
+    def serve() -> None:
+        try:
+            server.run()
+        except OSError:  # closing the listening socket ends waitress' select loop this way
+            if not stopping.is_set():
+                raise
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         yield Client(f"http://127.0.0.1:{server.effective_port}")
     finally:
+        stopping.set()
+        server.task_dispatcher.shutdown()
         server.close()
         thread.join(timeout=10)
         app.extensions["motcua.engine"].dispose()
