@@ -1,12 +1,15 @@
 """The deadline sweep: fire each due rung of the escalation ladders, once.
 
-A rung is a row of ``escalations`` (warning to the assignee before the step is
-due, then its head of unit at the due time, the agency's leader a working day
-later, the supervising body after two). The sweep is one indexed query over
-``(state, due_at)`` — no workflow is ever loaded — and firing a rung, writing
-its messages to the outbox and auditing it happen in one transaction, so a
-rung fires exactly once even with several sweepers (``FOR UPDATE SKIP LOCKED``
-on PostgreSQL, a compare-and-set update on SQLite) or a crash mid-sweep.
+A step's ladder: a warning to the assignee before the step is due, then its
+head of unit at the due time, the agency's leader a working day later, the
+supervising body after two. The next rung of every open step lives on its
+``tasks`` row (``escalation_level``, ``escalation_at``), so the sweep is one
+indexed query over ``(state, escalation_at)`` — no workflow is ever loaded.
+Firing a rung (moving the row to its next rung, recording it in
+``escalations``, writing its messages to the outbox, auditing it) is one
+transaction with a compare-and-set on the rung, so it fires exactly once even
+with several sweepers (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) or a crash
+mid-sweep.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import notify
-from .core.calendar import VN_TZ
+from . import notify, services
+from .core.calendar import VN_TZ, WorkingCalendar
 from .persistence.models import (
     Agency,
     AuditEvent,
@@ -29,6 +32,7 @@ from .persistence.models import (
     Officer,
     OfficerRole,
     Task,
+    TaskState,
 )
 
 __all__ = ["LEVEL_LABELS", "SweepReport", "sweep"]
@@ -55,54 +59,74 @@ def sweep(sessions: Callable[[], Session], now: datetime, batch: int = 1000) -> 
     report = SweepReport()
     with sessions() as session:
         query = (
-            select(Escalation.id)
-            .join(Dossier, Dossier.id == Escalation.dossier_id)
+            select(Task.id, Task.escalation_level, Task.escalation_at, Task.started_at, Task.due_at, Dossier.procedure_version_id)
+            .join(Dossier, Dossier.id == Task.dossier_id)
             # While a dossier waits for the applicant its clock is stopped: nothing escalates.
-            .where(Escalation.state == "pending", Escalation.due_at <= now, Dossier.paused_at.is_(None))
-            .order_by(Escalation.due_at)
+            .where(Task.state.in_(TaskState.OPEN), Task.escalation_at <= now, Dossier.paused_at.is_(None))
+            .order_by(Task.escalation_at)
             .limit(batch)
         )
         if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(of=Escalation, skip_locked=True)
-        ids = list(session.scalars(query))
-        for rung_id in ids:
+            query = query.with_for_update(of=Task, skip_locked=True)
+        due = session.execute(query).all()
+        calendar = services.load_calendar(session)
+        for row in due:
+            ladder = services.ladder_of(services._version_runtime(session, row.procedure_version_id).meta)
             try:
                 with session.begin_nested():
-                    sent = _fire(session, rung_id, now)
-                if sent is not None:
-                    report.fired += 1
-                    report.messages += sent
+                    fired, sent = _fire_due_rungs(session, row, ladder, now, calendar)
+                report.fired += fired
+                report.messages += sent
             except Exception:  # one broken rung must not stop the sweep
                 report.failed += 1
-                log.exception("escalation %s could not be fired", rung_id)
+                log.exception("escalation of task %s could not be fired", row.id)
         session.commit()
     return report
 
 
-def _fire(session: Session, rung_id: int, now: datetime) -> int | None:
-    """Fire one rung; the number of messages queued, or None if another sweeper had it."""
-    claimed = session.execute(
-        update(Escalation)
-        .where(Escalation.id == rung_id, Escalation.state == "pending")
-        .values(state="fired", fired_at=now)
-    )
-    if claimed.rowcount != 1:
-        return None
-    rung = session.get(Escalation, rung_id)
-    task = session.get(Task, rung.task_id)
-    dossier = session.get(Dossier, rung.dossier_id)
-    recipients = _recipients(session, rung.level, task)
-    due = task.due_at.astimezone(VN_TZ).strftime("%H:%M ngày %d/%m/%Y") if task.due_at else "—"
-    subject = f"[{LEVEL_LABELS.get(rung.level, rung.level)}] Hồ sơ {dossier.code}: {task.step_name}"
+def _fire_due_rungs(
+    session: Session, row: Any, ladder: list[tuple[str, float]], now: datetime, calendar: WorkingCalendar
+) -> tuple[int, int]:
+    """Fire the due rungs of one step, in order: ``(rungs fired, messages queued)``.
+
+    The first statement is the compare-and-set on the step's rung, so that on
+    SQLite the transaction starts by taking the write lock (a read first could
+    leave it on a stale snapshot when another sweeper commits).
+    """
+    level, due, fired, sent = row.escalation_level, row.escalation_at, 0, 0
+    while level is not None and due is not None and due <= now:
+        following = services.next_rung(calendar, ladder, row.started_at, row.due_at, level) if row.due_at else None
+        claimed = session.execute(
+            update(Task)
+            .where(Task.id == row.id, Task.state.in_(TaskState.OPEN), Task.escalation_level == level, Task.escalation_at == due)
+            .values(escalation_level=following[0] if following else None, escalation_at=following[1] if following else None)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:
+            break  # another sweeper has it
+        sent += _record(session, row.id, level, due, now)
+        fired += 1
+        level, due = following if following else (None, None)
+    return fired, sent
+
+
+def _record(session: Session, task_id: int, level: str, due: datetime, now: datetime) -> int:
+    """Record a fired rung, queue its messages and audit it; the number of messages."""
+    task = session.get(Task, task_id, populate_existing=True)
+    dossier = session.get(Dossier, task.dossier_id)
+    session.add(Escalation(task_id=task.id, dossier_id=dossier.id, level=level, due_at=due, state="fired", fired_at=now))
+    recipients = _recipients(session, level, task)
+    due_text = task.due_at.astimezone(VN_TZ).strftime("%H:%M ngày %d/%m/%Y") if task.due_at else "—"
+    subject = f"[{LEVEL_LABELS.get(level, level)}] Hồ sơ {dossier.code}: {task.step_name}"
     body = (
-        f"Bước '{task.step_name}' của hồ sơ {dossier.code} hạn xử lý {due}"
+        f"Bước '{task.step_name}' của hồ sơ {dossier.code} hạn xử lý {due_text}"
         + (f", đang do {task.assignee} xử lý." if task.assignee else ", chưa có người nhận xử lý.")
     )
     for officer in recipients:
         channel, address = ("email", officer.email) if officer.email else ("sms", officer.phone) if officer.phone else ("log", officer.username)
         notify.enqueue(
             session, channel=channel, recipient=address, subject=subject, body=body,
-            event=f"escalation.{rung.level}", now=now, dossier_id=dossier.id,
+            event=f"escalation.{level}", now=now, dossier_id=dossier.id,
         )
     session.add(
         AuditEvent(
@@ -113,8 +137,8 @@ def _fire(session: Session, rung_id: int, now: datetime) -> int | None:
             task_id=task.id,
             subject=task.step_id,
             from_state="pending",
-            to_state=rung.level,
-            details={"recipients": [o.username for o in recipients]},
+            to_state=level,
+            details={"recipients": [o.username for o in recipients], "due": due.isoformat()},
         )
     )
     return len(recipients)

@@ -21,7 +21,7 @@ from .errors import Conflict, Forbidden, InvalidRequest, NotFound
 from .persistence import dossiers
 from .persistence.db import unit_of_work
 from .persistence.dossiers import DossierRecord
-from .persistence.models import Escalation, Task, TaskState
+from .persistence.models import Task, TaskState
 from .services import DossierStatus, _Audit
 
 __all__ = [
@@ -188,7 +188,6 @@ def return_to_previous(session: Session, task_id: int, reason: str, actor: str, 
     audit = _Audit(actor, now, record.id)
     audit.add("task.return", task.id, task.state, "returned", task.step_id, {"reason": reason.strip(), "to_step": earlier.step_id if earlier else None})
     dossiers.update_task(session, task.id, {"state": TaskState.CANCELLED, "completed_at": now, "completed_by": actor, "note": reason.strip()})
-    dossiers.cancel_escalations(session, task.id)
     others = [row for row in open_rows if row.id != task.id]
     services._sync(session, record, wf, known.meta, services.load_calendar(session), audit, others, completed=task)
     if earlier is not None and earlier.completed_by:
@@ -258,8 +257,8 @@ def resume(session: Session, code: str, actor: str, now: datetime) -> DossierRec
     for task in session.scalars(_fresh(select(Task).where(Task.dossier_id == record.id, Task.state.in_(TaskState.OPEN)))):
         if task.due_at is not None:
             task.due_at = calendar.resume_due(task.due_at, paused_at, now)
-            for rung in session.scalars(_fresh(select(Escalation).where(Escalation.task_id == task.id, Escalation.state == "pending"))):
-                rung.due_at = calendar.resume_due(rung.due_at, paused_at, now)
+        if task.escalation_at is not None:
+            task.escalation_at = calendar.resume_due(task.escalation_at, paused_at, now)
     audit = _Audit(actor, now, record.id)
     before = record.status
     started = session.scalar(select(Task.id).where(Task.dossier_id == record.id, Task.state == TaskState.COMPLETED).limit(1))
@@ -297,7 +296,6 @@ def _end(session: Session, code: str, status: int, sub: str, reason: str, actor:
     for task in session.scalars(_fresh(select(Task).where(Task.dossier_id == record.id, Task.state.in_(TaskState.OPEN)))):
         audit.add("task.cancel", task.id, task.state, TaskState.CANCELLED, task.step_id, {"reason": sub})
         task.state, task.completed_at = TaskState.CANCELLED, now
-        dossiers.cancel_escalations(session, task.id)
     before = record.status
     record.status, record.sub_status, record.finished_at = status, sub, now
     record.paused_at = None

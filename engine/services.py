@@ -510,7 +510,6 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
     dossiers.update_task(
         session, task.id, {"state": TaskState.COMPLETED, "completed_at": now, "completed_by": actor, "result": result}
     )
-    dossiers.cancel_escalations(session, task.id)
     record.data = {**record.data, **dict(data)}
     audit = _Audit(actor, now, record.id)
     audit.add("task.complete", task.id, task.state, TaskState.COMPLETED, task.step_id, {"data": dict(data), "result": result})
@@ -582,7 +581,6 @@ def _sync(
     for spiff_id, row in known.items():
         if spiff_id not in ready:  # cancelled by the workflow (e.g. a branch was cut)
             dossiers.update_task(session, row.id, {"state": TaskState.CANCELLED, "completed_at": now})
-            dossiers.cancel_escalations(session, row.id)
             audit.add("task.cancel", row.id, row.state, TaskState.CANCELLED, row.step_id)
     steps = meta.get("steps", {})
     for spiff_id, human in ready.items():
@@ -592,6 +590,7 @@ def _sync(
         allotment = _duration(step.get("allotment_amount"), step.get("allotment_unit"))
         agency_id = _resolve_agency(session, tree, record, step, human.step_name)
         due_at = due_after(calendar, now, allotment) if allotment else None
+        first_rung = next_rung(calendar, ladder_of(meta), now, due_at, None) if due_at else None
         task_id = dossiers.insert_task(
             session,
             {
@@ -610,12 +609,11 @@ def _sync(
                 "due_at": due_at,
                 "completed_at": None,
                 "completed_by": None,
+                "escalation_level": first_rung[0] if first_rung else None,
+                "escalation_at": first_rung[1] if first_rung else None,
             },
         )
         audit.add("task.ready", task_id, None, TaskState.READY, human.step_id, {"agency_id": agency_id})
-        if due_at is not None:
-            ladder = [tuple(rung) for rung in meta.get("escalation") or ESCALATION_LADDER]
-            dossiers.add_escalations(session, escalation_ladder(calendar, task_id, record.id, now, due_at, ladder))
         source = completed.agency_id if completed is not None else record.receiving_agency_id
         if agency_id is not None and source is not None and source != agency_id:
             dossiers.add_handover(
@@ -664,32 +662,43 @@ def judge(finished_at: datetime, due_at: datetime | None) -> str | None:
 ESCALATION_LADDER = (("warning", -4.0), ("head_of_unit", 0.0), ("leader", 8.0), ("supervisor", 16.0))
 
 
-def escalation_ladder(
-    calendar: WorkingCalendar,
-    task_id: int,
-    dossier_id: int,
-    started_at: datetime,
-    due_at: datetime,
-    ladder: Sequence[tuple[str, float]] = ESCALATION_LADDER,
-) -> list[dict[str, Any]]:
-    """The escalation rows of a step that became ready at ``started_at``, due at ``due_at``.
+def ladder_of(meta: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """A procedure's escalation ladder: its own (property ``escalation``) or the default."""
+    return [(str(level), float(hours)) for level, hours in (meta.get("escalation") or ESCALATION_LADDER)]
 
-    ``ladder`` gives each level's offset from the due time in working hours
-    (negative: before it); a procedure may set its own (property ``escalation``).
+
+def rung_instants(
+    calendar: WorkingCalendar, ladder: Sequence[tuple[str, float]], started_at: datetime, due_at: datetime
+) -> list[tuple[str, datetime]]:
+    """When each rung of ``ladder`` falls for a step that became ready at ``started_at``, due at ``due_at``.
+
+    Offsets are working hours from the due time (negative: before it); a
+    warning never comes earlier than half-way through the step's allotment.
     """
     allotted = calendar.working_time_between(started_at, due_at)
-    rows = []
+    rungs = []
     for level, hours in ladder:
         if hours < 0:
-            # The warning comes half a working day before the due time, or half-way for short steps.
             lead = min(timedelta(hours=-hours), allotted / 2)
             at = calendar.add_working_time(started_at, allotted - lead)
         elif hours == 0:
             at = due_at
         else:
             at = calendar.add_working_hours(due_at, hours)
-        rows.append({"task_id": task_id, "dossier_id": dossier_id, "level": level, "due_at": at, "state": "pending", "fired_at": None})
-    return rows
+        rungs.append((level, at))
+    return rungs
+
+
+def next_rung(
+    calendar: WorkingCalendar, ladder: Sequence[tuple[str, float]], started_at: datetime, due_at: datetime, after: str | None
+) -> tuple[str, datetime] | None:
+    """The rung that follows ``after`` (the first when None), or None at the top of the ladder."""
+    rungs = rung_instants(calendar, ladder, started_at, due_at)
+    if after is None:
+        return rungs[0] if rungs else None
+    levels = [level for level, _ in rungs]
+    position = levels.index(after) + 1 if after in levels else len(rungs)
+    return rungs[position] if position < len(rungs) else None
 
 
 def _resolve_agency(session: Session, tree: AgencyTree | None, record: DossierRecord, step: Mapping[str, Any], name: str) -> int | None:

@@ -313,9 +313,16 @@ def test_a_procedure_can_set_its_own_escalation_ladder(session: Session, now: da
     services.deploy(session, {"land.bpmn": bpmn_text}, actor="designer", now=now)
     dossier = services.start_dossier(session, "1.999010", {}, actor="lan.desk", now=vn(2026, 3, 2, 8, 0), agency_code=XA)
     task = _only(session, dossier.code)
-    rungs = session.execute(select(Escalation.level, Escalation.due_at).where(Escalation.task_id == task.id).order_by(Escalation.due_at)).all()
     # Half a day from Mon 08:00 is due 13:30; the warning 2 working hours before (but at most half-way: 2 h), the leader a day after.
-    assert [(lvl, at.astimezone(VN_TZ)) for lvl, at in rungs] == [("warning", vn(2026, 3, 2, 10, 0)), ("leader", vn(2026, 3, 3, 13, 30))]
+    assert (task.escalation_level, task.escalation_at.astimezone(VN_TZ)) == ("warning", vn(2026, 3, 2, 10, 0))
+    sessions = sessionmaker(session.get_bind(), expire_on_commit=False)
+    assert escalation.sweep(sessions, vn(2026, 3, 2, 10, 0)).fired == 1
+    task = session.get(Task, task.id, populate_existing=True)
+    assert (task.escalation_level, task.escalation_at.astimezone(VN_TZ)) == ("leader", vn(2026, 3, 3, 13, 30))
+    assert escalation.sweep(sessions, vn(2026, 3, 3, 13, 30)).fired == 1
+    assert session.get(Task, task.id, populate_existing=True).escalation_level is None  # the top of this ladder
+    fired = session.scalars(select(Escalation.level).where(Escalation.task_id == task.id).order_by(Escalation.due_at)).all()
+    assert fired == ["warning", "leader"]
     bad = bpmn_text.replace(b"warning=-2h, leader=1d", b"boss=3h")
     with pytest.raises(services.DeploymentRejected) as caught:
         services.deploy(session, {"bad.bpmn": bad}, actor="designer", now=now)

@@ -20,7 +20,6 @@ from .models import (
     AuditEvent,
     Dossier,
     DossierCounter,
-    Escalation,
     Handover,
     Procedure,
     ProcedureVersion,
@@ -30,9 +29,7 @@ from .models import (
 
 __all__ = [
     "DossierRecord",
-    "add_escalations",
     "add_handover",
-    "cancel_escalations",
     "receive_handover",
     "add_audit",
     "find_dossier",
@@ -264,28 +261,13 @@ def update_task(session: Session, task_id: int, values: Mapping[str, Any]) -> No
     session.connection().execute(_UPDATE_TASK, {"b_id": task_id, **values})
 
 
-_E = Escalation.__table__
 _H = Handover.__table__
-_INSERT_ESCALATIONS = insert(_E)
-_CANCEL_ESCALATIONS = (
-    update(_E).where(_E.c.task_id == bindparam("b_task_id"), _E.c.state == "pending").values(state="cancelled")
-)
 _INSERT_HANDOVER = insert(_H)
 _RECEIVE_HANDOVER = (
     update(_H)
     .where(_H.c.to_task_id == bindparam("b_task_id"), _H.c.received_at.is_(None))
     .values(received_by=bindparam("received_by"), received_at=bindparam("received_at"))
 )
-
-
-def add_escalations(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
-    rows = [dict(r) for r in rows]
-    if rows:
-        session.connection().execute(_INSERT_ESCALATIONS, rows)
-
-
-def cancel_escalations(session: Session, task_id: int) -> None:
-    session.connection().execute(_CANCEL_ESCALATIONS, {"b_task_id": task_id})
 
 
 def add_handover(session: Session, values: Mapping[str, Any]) -> None:

@@ -219,6 +219,7 @@ class Task(Base):
         Index("ix_tasks_assignee", "assignee", "state", "due_at"),
         Index("ix_tasks_due", "state", "due_at"),
         Index("ix_tasks_dossier", "dossier_id", "state"),
+        Index("ix_tasks_escalation", "state", "escalation_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -239,6 +240,9 @@ class Task(Base):
     #: Agency resolved from the lane at run time.
     agency_id: Mapped[int | None] = mapped_column(ForeignKey("agencies.id"), index=True)
     claimed_at: Mapped[datetime | None]
+    #: The next rung of the step's escalation ladder, and when it is due (None: no more rungs).
+    escalation_level: Mapped[str | None] = mapped_column(String(30))
+    escalation_at: Mapped[datetime | None]
     #: Judgement against the step's own allotment: early | on_time | late.
     result: Mapped[str | None] = mapped_column(String(20))
     note: Mapped[str | None] = mapped_column(Text)
@@ -347,7 +351,7 @@ class Handover(Base):
 
 
 class Escalation(Base):
-    """One rung of a step's escalation ladder, due at a given instant; fired once."""
+    """A rung of a step's escalation ladder that has fired (the pending rung lives on the task row)."""
 
     __tablename__ = "escalations"
     __table_args__ = (UniqueConstraint("task_id", "level"), Index("ix_escalations_pending", "state", "due_at"))
