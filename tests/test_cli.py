@@ -109,7 +109,7 @@ def test_demo_sets_up_the_bundled_procedures_and_the_home_page_lists_them(tmp_pa
     result = motcua(tmp_path, "demo", "--no-serve")
     assert result.returncode == 0, result.stderr
     assert "2.000815 version 1" in result.stdout
-    assert "dong-nai.yaml: 10 agencies, 27 officers" in result.stdout
+    assert "dong-nai.yaml: 10 agencies, 33 officers" in result.stdout
     from api.app import create_app
     from engine import config
 
