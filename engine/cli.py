@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from . import config, services
+from .core import bpmn
 from .core.calendar import VN_TZ, WorkingCalendar
 from .errors import DeploymentRejected, EngineError
 from .persistence.db import make_engine, make_session_factory, migrate
@@ -379,12 +380,13 @@ def demo(ctx: click.Context, host: str, port: int, no_serve: bool) -> None:
                 session, organisation.parse_organisation(path.read_text(encoding="utf-8"), path.name), actor="demo", now=_now()
             )
             click.echo(f"{path.name}: {counts['agencies']} agencies, {counts['officers']} officers (password: motcua-demo)")
-        for path in sorted(PROCESSES_DIR.glob("*.bpmn")):
+        files = {path.name: path.read_bytes() for path in sorted(PROCESSES_DIR.glob("*.bpmn"))}
+        for bundle in bpmn.procedure_bundles(files):
             try:
-                result = services.deploy(session, {path.name: path.read_bytes()}, actor="demo", now=_now())
+                result = services.deploy(session, bundle, actor="demo", now=_now())
                 click.echo(f"{result.code} version {result.version}: {result.name}")
             except DeploymentRejected as err:
-                click.echo(f"Skipped {path.name}:", err=True)
+                click.echo(f"Skipped {', '.join(bundle)}:", err=True)
                 _print_problems(err.problems)
     if not no_serve:
         ctx.invoke(serve, host=host, port=port)

@@ -288,3 +288,11 @@ def test_analyse_never_leaks_an_exception_on_garbage() -> None:
     for blob in (os.urandom(2000), b"\x00" * 10, b"<?xml version='1.0'?>", "<a>ư</a>".encode("utf-16")):
         definition, problems = bpmn.analyse({"g.bpmn": blob})
         assert definition is None and problems
+
+
+def test_a_folder_is_grouped_into_procedures_with_the_processes_they_call() -> None:
+    files = fixture_bytes("parallel_called.bpmn", "parallel_main.bpmn", "six_steps.bpmn")
+    files["broken.bpmn"] = b"<not-closed"
+    bundles = bpmn.procedure_bundles(files)
+    assert [sorted(b) for b in bundles] == [["parallel_called.bpmn", "parallel_main.bpmn"], ["six_steps.bpmn"], ["broken.bpmn"]]
+    assert all(bpmn.analyse(b)[0] is not None for b in bundles[:2])

@@ -45,6 +45,7 @@ __all__ = [
     "analyse",
     "content_hash",
     "parse_xml",
+    "procedure_bundles",
 ]
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
@@ -705,6 +706,40 @@ def parse_ladder(text: str) -> list[tuple[str, float]]:
     if not ladder:
         raise ValueError("the ladder is empty.")
     return ladder
+
+
+def procedure_bundles(files: Mapping[str, bytes]) -> list[dict[str, bytes]]:
+    """Group a folder of BPMN files into deployments: each file whose process
+    carries a procedure ``code``, with the files of the processes it calls
+    (transitively). Files only ever called are not deployed on their own; files
+    that cannot be read form a bundle of their own, so that their problems show.
+    """
+    defines: dict[str, str] = {}
+    calls: dict[str, set[str]] = {}
+    main: list[str] = []
+    unreadable: list[str] = []
+    for name, content in files.items():
+        root, problems = parse_xml(content, name)
+        if root is None:
+            unreadable.append(name)
+            continue
+        calls[name] = {c.get("calledElement") for c in root.iter(_b("callActivity")) if c.get("calledElement")}
+        for process in root.iter(_b("process")):
+            defines[process.get("id")] = name
+            if extension_properties(process).get("code"):
+                main.append(name)
+    bundles = []
+    for name in dict.fromkeys(main):
+        members, todo = {name}, [name]
+        while todo:
+            for called in calls.get(todo.pop(), ()):
+                owner = defines.get(called)
+                if owner is not None and owner not in members:
+                    members.add(owner)
+                    todo.append(owner)
+        bundles.append({member: files[member] for member in sorted(members)})
+    bundles.extend({name: files[name]} for name in unreadable)
+    return bundles
 
 
 def _reachable_processes(a: _Analysis, start: str) -> set[str]:
