@@ -278,16 +278,34 @@ def complete(ctx: click.Context, task_id: int, data: str, actor: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--threads", default=8, show_default=True, type=int)
+@click.option("--with-worker", is_flag=True, help="Also run the background jobs (deadline sweep, outbox sender) in this process.")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
+def serve(ctx: click.Context, host: str, port: int, threads: int, with_worker: bool) -> None:
     """Serve the web application with a production WSGI server (waitress)."""
     from waitress import serve as waitress_serve
 
     from api.app import create_app
 
     app = create_app(ctx.obj)
-    click.echo(f"Một Cửa on http://{host}:{port}/ (database {_safe_url(ctx.obj.database_url)})")
-    waitress_serve(app, host=host, port=port, threads=threads)
+    scheduler = None
+    if with_worker:
+        from . import notify
+        from .scheduler import build_scheduler
+
+        sessions = app.extensions["motcua.sessions"]
+        channels = notify.channels_from_settings(ctx.obj)
+        scheduler = build_scheduler(
+            sessions, deliver=lambda now: notify.deliver_due(sessions, channels, now),
+            deliver_seconds=int(ctx.obj.outbox_interval or 15), background=True,
+        )
+        scheduler.start()
+    click.echo(f"Một Cửa on http://{host}:{port}/ (database {_safe_url(ctx.obj.database_url)})"
+               + (", with the deadline sweep and the outbox sender" if with_worker else ""))
+    try:
+        waitress_serve(app, host=host, port=port, threads=threads)
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
 
 
 @main.group()
@@ -388,8 +406,11 @@ def demo(ctx: click.Context, host: str, port: int, no_serve: bool) -> None:
             except DeploymentRejected as err:
                 click.echo(f"Skipped {', '.join(bundle)}:", err=True)
                 _print_problems(err.problems)
+    click.echo("Demo accounts (password motcua-demo): motcua.phuocan (receptionist), chuyenvien.phuocan (officer), "
+               "lanhdao.phuocan (leader), chuyenvien.vpdk, chuyenvien.thue, chuyenvien.congan, chuyenvien.bhxh, "
+               "giamsat.tinh (supervisor), thietke.tinh (designer), admin.tinh (administrator) — see processes/demo/dong-nai.yaml")
     if not no_serve:
-        ctx.invoke(serve, host=host, port=port)
+        ctx.invoke(serve, host=host, port=port, with_worker=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,8 @@ import logging
 from datetime import datetime
 from typing import Callable
 
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.orm import Session
 
@@ -39,12 +41,17 @@ def build_scheduler(
     sweep_seconds: int = 60,
     deliver_seconds: int = 15,
     clock: Callable[[], datetime] = _now,
-) -> BlockingScheduler:
-    """A scheduler with the sweep (and, given ``deliver``, the outbox sender)."""
-    scheduler = BlockingScheduler(timezone=VN_TZ)
+    background: bool = False,
+) -> BaseScheduler:
+    """A scheduler with the sweep (and, given ``deliver``, the outbox sender).
+
+    ``background``: run in threads beside a web server instead of blocking.
+    """
+    scheduler: BaseScheduler = BackgroundScheduler(timezone=VN_TZ) if background else BlockingScheduler(timezone=VN_TZ)
+    # Jobs first run at once by the wall clock; ``clock`` is what the jobs take as "now".
     scheduler.add_job(run_sweep, "interval", seconds=sweep_seconds, args=[sessions, clock], id="escalation-sweep",
-                      max_instances=1, coalesce=True, next_run_time=clock())
+                      max_instances=1, coalesce=True, next_run_time=_now())
     if deliver is not None:
         scheduler.add_job(lambda: deliver(clock()), "interval", seconds=deliver_seconds, id="outbox-sender",
-                          max_instances=1, coalesce=True, next_run_time=clock())
+                          max_instances=1, coalesce=True, next_run_time=_now())
     return scheduler

@@ -342,3 +342,26 @@ def test_nothing_escalates_while_the_clock_is_stopped(province: Session, db_engi
     # 1 h had run before the pause (08:00–09:00): the remaining 3 h run from Wed 09:00 → 13:30 with lunch.
     assert receive.due_at.astimezone(VN_TZ) == vn(2026, 3, 4, 13, 30)
     assert escalation.sweep(sessions, vn(2026, 3, 4, 13, 30)).fired == 2  # the warning and the head of unit, now due
+
+
+def test_the_background_scheduler_runs_the_sweep(province: Session, db_engine: Engine) -> None:
+    import time as wall
+
+    from engine.scheduler import build_scheduler
+
+    session = province
+    dossier = services.start_dossier(session, "1.999010", {}, actor="lan.desk", now=vn(2026, 3, 2, 8, 0), agency_code=XA)
+    scheduler = build_scheduler(sessionmaker(db_engine, expire_on_commit=False), sweep_seconds=3600,
+                                clock=lambda: vn(2026, 4, 1, 8, 0), background=True)
+    scheduler.start()
+    try:
+        deadline = wall.monotonic() + 20
+        while wall.monotonic() < deadline:
+            fired = session.scalars(select(Escalation.level).where(Escalation.dossier_id == dossier.id)).all()
+            if fired:
+                break
+            session.rollback()  # see the scheduler's commits
+            wall.sleep(0.2)
+    finally:
+        scheduler.shutdown(wait=True)
+    assert sorted(fired) == ["head_of_unit", "leader", "supervisor", "warning"]
