@@ -25,6 +25,19 @@ CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 PG_URL = os.environ.get("MOTCUA_TEST_POSTGRES_URL")
 
 
+DEMO_PROVINCE = Path(__file__).resolve().parents[1] / "processes" / "demo" / "dong-nai.yaml"
+
+
+def load_demo_province(session: Session, now: datetime) -> None:
+    """Load the demo province's agencies and accounts, without their passwords
+    (nobody signs in in these tests, and hashing 33 passwords costs seconds)."""
+    from engine import organisation
+
+    data = organisation.parse_organisation(DEMO_PROVINCE.read_text(encoding="utf-8"), DEMO_PROVINCE.name)
+    data["officers"] = [{k: v for k, v in officer.items() if k != "password"} for officer in data["officers"]]
+    organisation.load_organisation(session, data, "admin", now)
+
+
 def fixture_bytes(*names: str) -> dict[str, bytes]:
     """BPMN fixture files by name → content."""
     return {name: (FIXTURES / name).read_bytes() for name in names}

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from engine import lifecycle, organisation, services
+from engine import lifecycle, services
 from engine.core.calendar import VN_TZ
 from engine.errors import Conflict, Forbidden
 from engine.persistence.models import Agency, Task
+
+from .conftest import load_demo_province
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = ROOT / "processes"
@@ -129,13 +131,7 @@ def _files() -> dict[str, bytes]:
 
 @pytest.fixture
 def province(session: Session, now: datetime) -> Session:
-    path = PROCESSES / "demo" / "dong-nai.yaml"
-    data = organisation.parse_organisation(path.read_text(), "dong-nai.yaml")
-    for officer in data["officers"]:
-        officer.pop(
-            "password", None
-        )  # nobody logs in here; hashing 33 demo passwords would dominate the run
-    organisation.load_organisation(session, data, "admin", now)
+    load_demo_province(session, now)
     services.deploy(session, _files(), actor="designer", now=now)
     return session
 

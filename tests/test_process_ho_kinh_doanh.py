@@ -14,9 +14,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import lifecycle, organisation, services
+from engine import lifecycle, services
 from engine.core.calendar import VN_TZ
 from engine.persistence.models import Task
+
+from .conftest import load_demo_province
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = "dang-ky-ho-kinh-doanh.bpmn"
@@ -46,10 +48,7 @@ def _vn(year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime
 
 
 def _setup(session: Session, now: datetime) -> None:
-    org = organisation.parse_organisation((ROOT / "processes" / "demo" / "dong-nai.yaml").read_text(encoding="utf-8"), "dong-nai.yaml")
-    # Nobody logs in here: skip hashing the demo passwords, which is slow by design.
-    org["officers"] = [{k: v for k, v in o.items() if k != "password"} for o in org["officers"]]
-    organisation.load_organisation(session, org, "admin", now)
+    load_demo_province(session, now)
     session.commit()
     result = services.deploy(session, {FILE: (ROOT / "processes" / FILE).read_bytes()}, actor="designer", now=now)
     assert (result.code, result.name, result.warnings) == (CODE, "Đăng ký thành lập hộ kinh doanh", [])

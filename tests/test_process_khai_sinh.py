@@ -13,9 +13,11 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import lifecycle, organisation, services
+from engine import lifecycle, services
 from engine.core.calendar import VN_TZ
 from engine.persistence.models import Task
+
+from .conftest import load_demo_province
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = "dang-ky-khai-sinh.bpmn"
@@ -67,15 +69,7 @@ def _vn(year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime
 
 
 def _setup(session: Session, now: datetime) -> None:
-    text = (ROOT / "processes" / "demo" / "dong-nai.yaml").read_text(encoding="utf-8")
-    org = organisation.parse_organisation(text, "dong-nai.yaml")
-    # Every agency and account of the demo province, without the demo passwords:
-    # nobody logs in here, and hashing 30+ passwords per test costs seconds.
-    org["officers"] = [
-        {k: v for k, v in officer.items() if k != "password"}
-        for officer in org["officers"]
-    ]
-    organisation.load_organisation(session, org, "admin", now)
+    load_demo_province(session, now)
     result = services.deploy(
         session,
         {FILE: (ROOT / "processes" / FILE).read_bytes()},

@@ -17,9 +17,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import lifecycle, organisation, services
+from engine import lifecycle, services
 from engine.core.calendar import VN_TZ
 from engine.persistence.models import Agency, Handover
+
+from .conftest import load_demo_province
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = "lien-thong-khai-sinh-thuong-tru-bhyt.bpmn"
@@ -56,11 +58,7 @@ def _deploy(session: Session, now: datetime) -> None:
 
 def _setup(session: Session, now: datetime) -> None:
     """The demo province (Đồng Nai) and the procedure."""
-    text = (ROOT / "processes" / "demo" / "dong-nai.yaml").read_text(encoding="utf-8")
-    data = organisation.parse_organisation(text, "dong-nai.yaml")
-    for officer in data["officers"]:
-        officer.pop("password", None)  # nobody logs in here; hashing 34 passwords costs seconds
-    organisation.load_organisation(session, data, "admin", now)
+    load_demo_province(session, now)
     _deploy(session, now)
 
 

@@ -16,10 +16,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import lifecycle, organisation, services
+from engine import lifecycle, services
 from engine.core.calendar import VN_TZ
 from engine.errors import Forbidden
 from engine.persistence.models import Agency, Handover, Task
+
+from .conftest import load_demo_province
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = "cap-phieu-ly-lich-tu-phap.bpmn"
@@ -53,10 +55,7 @@ def _setup(session: Session, now: datetime) -> None:
 
     The demo passwords are left out: nobody logs in here, and hashing 33 of them costs seconds.
     """
-    text = (ROOT / "processes" / "demo" / "dong-nai.yaml").read_text()
-    assert ", password: motcua-demo" in text
-    text = text.replace(", password: motcua-demo", "")
-    organisation.load_organisation(session, organisation.parse_organisation(text, "dong-nai.yaml"), "admin", now)
+    load_demo_province(session, now)
     _deploy(session, now)
 
 
