@@ -6,40 +6,27 @@ from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from engine import auth, organisation, services
 from engine.persistence.models import Agency, CalendarOverride, Officer, OfficerRole
 
 from .app import db_session
-from .schemas import PageArgs
+from .schemas import (
+    AgencyOut,
+    LoadOut,
+    OfficerOut,
+    OrganisationIn,
+    OverrideIn,
+    OverrideOut,
+    PageArgs,
+)
 from .security import current, login_required, now
 
 PREFIX = ""
 bp = Blueprint("organisation", __name__, description="Tổ chức, lịch làm việc (organisation, calendar)")
 SECURED = [{"bearer": []}]
-
-
-class AgencyOut(Schema):
-    code = fields.String(required=True)
-    name = fields.String(required=True)
-    level = fields.String(required=True)
-    kind = fields.String(required=True)
-    parent = fields.String(allow_none=True)
-    active = fields.Boolean(required=True)
-
-
-class OverrideIn(Schema):
-    day = fields.Date(required=True)
-    kind = fields.String(required=True, validate=validate.OneOf(("day_off", "working_day")))
-    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
-
-
-class OverrideOut(Schema):
-    day = fields.Date(required=True)
-    kind = fields.String(required=True)
-    note = fields.String(allow_none=True)
 
 
 @bp.route("/agencies")
@@ -48,12 +35,15 @@ class Agencies(MethodView):
     @bp.response(200, AgencyOut(many=True))
     def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """The agencies of the province, by code (public: receiving desks are chosen from it)."""
-        session = db_session()
-        rows = session.scalars(
-            select(Agency).order_by(Agency.code).offset((args["page"] - 1) * args["page_size"]).limit(args["page_size"])
+        parent = aliased(Agency)
+        rows = db_session().execute(
+            select(Agency, parent.code)
+            .outerjoin(parent, parent.id == Agency.parent_id)
+            .order_by(Agency.code)
+            .offset((args["page"] - 1) * args["page_size"])
+            .limit(args["page_size"])
         ).all()
-        codes = dict(session.execute(select(Agency.id, Agency.code)).all())
-        return [{"code": a.code, "name": a.name, "level": a.level, "kind": a.kind, "parent": codes.get(a.parent_id), "active": a.active} for a in rows]
+        return [{"code": a.code, "name": a.name, "level": a.level, "kind": a.kind, "parent": up, "active": a.active} for a, up in rows]
 
 
 @bp.route("/calendar/overrides")
@@ -72,30 +62,6 @@ class Overrides(MethodView):
         auth.require(current(), "administrator")
         services.add_calendar_override(db_session(), body["day"], body["kind"], body.get("note"), current().username, now())
         return body
-
-
-class GrantOut(Schema):
-    agency = fields.String(required=True)
-    role = fields.String(required=True)
-
-
-class OfficerOut(Schema):
-    username = fields.String(required=True)
-    full_name = fields.String(required=True)
-    email = fields.String(allow_none=True)
-    phone = fields.String(allow_none=True)
-    active = fields.Boolean(required=True)
-    roles = fields.List(fields.Nested(GrantOut), required=True)
-
-
-class OrganisationIn(Schema):
-    agencies = fields.List(fields.Dict(), load_default=list, validate=validate.Length(max=5000))
-    officers = fields.List(fields.Dict(), load_default=list, validate=validate.Length(max=20000))
-
-
-class LoadOut(Schema):
-    agencies = fields.Integer(required=True)
-    officers = fields.Integer(required=True)
 
 
 @bp.route("/officers")

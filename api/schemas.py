@@ -197,3 +197,48 @@ class ReassignIn(Schema):
 class InboxOut(Schema):
     mine = fields.List(fields.Nested(TaskOut), required=True)
     queue = fields.List(fields.Nested(TaskOut), required=True)
+
+
+class AgencyOut(Schema):
+    code = fields.String(required=True)
+    name = fields.String(required=True)
+    level = fields.String(required=True)
+    kind = fields.String(required=True)
+    parent = fields.String(allow_none=True)
+    active = fields.Boolean(required=True)
+
+
+class OverrideIn(Schema):
+    day = fields.Date(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(("day_off", "working_day")))
+    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+
+
+class OverrideOut(Schema):
+    day = fields.Date(required=True)
+    kind = fields.String(required=True)
+    note = fields.String(allow_none=True)
+
+
+class GrantOut(Schema):
+    agency = fields.String(required=True)
+    role = fields.String(required=True)
+
+
+class OfficerOut(Schema):
+    username = fields.String(required=True)
+    full_name = fields.String(required=True)
+    email = fields.String(allow_none=True)
+    phone = fields.String(allow_none=True)
+    active = fields.Boolean(required=True)
+    roles = fields.List(fields.Nested(GrantOut), required=True)
+
+
+class OrganisationIn(Schema):
+    agencies = fields.List(fields.Dict(), load_default=list, validate=validate.Length(max=5000))
+    officers = fields.List(fields.Dict(), load_default=list, validate=validate.Length(max=20000))
+
+
+class LoadOut(Schema):
+    agencies = fields.Integer(required=True)
+    officers = fields.Integer(required=True)
