@@ -106,7 +106,8 @@ def test_lookup_shows_status_and_steps(world: World) -> None:
     assert body["code"] == world.pending
     assert (body["procedure_code"], body["status"], body["status_label"]) == ("1.999010", 4, "Đang xử lý")
     assert body["procedure_name"] == "Đăng ký đất đai liên thông xã – VPĐK – thuế"
-    assert body["received_at"].startswith("2026-03-02T01:00:00") and body["due_at"]
+    # The same instant as 01:00 UTC, shown in Hà Nội time as citizens read it.
+    assert body["received_at"] == "2026-03-02T08:00:00+07:00" and body["due_at"].endswith("+07:00")
     assert body["returned_at"] is None and body["finished_at"] is None and body["new_appointment_at"] is None
     assert [(s["name"], s["state"], s["agency"]) for s in body["steps"]] == [
         ("Tiếp nhận, chuyển hồ sơ", "done", "UBND xã Phước An"),

@@ -28,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ..core.calendar import VN_TZ
+
 __all__ = [
     "Agency",
     "ApiToken",
@@ -54,7 +56,8 @@ __all__ = [
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware datetimes on every backend, stored in UTC.
+    """Timezone-aware datetimes on every backend, stored in UTC, read back in
+    Hà Nội time (what every page, form and API answer shows).
 
     SQLite has no time zones: values are stored as UTC and come back aware.
     A naive datetime is refused rather than guessed.
@@ -75,8 +78,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(VN_TZ)
 
 
 class Base(DeclarativeBase):
