@@ -3,10 +3,10 @@
 # Usage: bash tests/run.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# System packages: PostgreSQL for the tests, Pango and fonts for PDF forms, poppler for reading them back.
+# System packages: PostgreSQL for the tests, Chromium for the browser tests, Pango and fonts for PDF forms, poppler for reading them back.
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-for pkg in libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils; do
+for pkg in chromium libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
