@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
 import click
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
@@ -22,6 +23,7 @@ from .core import bpmn
 from .core.calendar import VN_TZ, WorkingCalendar
 from .errors import DeploymentRejected, EngineError
 from .persistence.db import make_engine, make_session_factory, migrate
+from .persistence.models import Dossier
 
 PROCESSES_DIR = Path(__file__).resolve().parent.parent / "processes"
 
@@ -382,12 +384,47 @@ def bench(quick: bool, postgres_url: str | None) -> None:
     bench_module.main(quick=quick, postgres_url=postgres_url)
 
 
+def _run_simulation(ctx: click.Context, dossiers: int, months: float, end: datetime, seed: int) -> None:
+    from . import simulate as simulator
+
+    settings: config.Settings = ctx.obj
+    engine = make_engine(settings.database_url)
+    start = end - timedelta(days=round(months * 30.44))
+    plan = simulator.SimulationPlan(start=start, end=end, dossiers=dossiers, seed=seed)
+    click.echo(f"Mô phỏng {dossiers} hồ sơ từ {start:%d/%m/%Y} đến {end:%d/%m/%Y} (seed {seed})…", err=True)
+
+    def progress(done: int, total: int, now: datetime) -> None:
+        click.echo(f"\r  {done}/{total} hồ sơ ({100 * done // max(total, 1)} %), đến {now:%d/%m/%Y}", nl=False, err=True)
+
+    try:
+        report = simulator.simulate(make_session_factory(engine), plan, progress=progress)
+    except EngineError as err:
+        _fail(str(err))
+    finally:
+        engine.dispose()
+    click.echo("", err=True)
+    click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+
+
+@main.command("simulate")
+@click.option("--dossiers", default=400, show_default=True, type=click.IntRange(0), help="How many dossiers arrive.")
+@click.option("--months", default=3.0, show_default=True, type=click.FloatRange(0.1, 120), help="Length of the period.")
+@click.option("--end", "end_text", default=None, metavar="ISO", help="End of the period (default: now).")
+@click.option("--seed", default=2026, show_default=True, type=int, help="The same seed gives the same history.")
+@click.pass_context
+def simulate_command(ctx: click.Context, dossiers: int, months: float, end_text: str | None, seed: int) -> None:
+    """Generate months of history through the engine's use cases (needs the organisation and procedures)."""
+    _run_simulation(ctx, dossiers, months, _parse_instant(end_text) if end_text else _now(), seed)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--no-serve", is_flag=True, help="Set up the demo data and stop.")
+@click.option("--simulated", default=400, show_default=True, type=click.IntRange(0),
+              help="Dossiers of the simulated last quarter (0: none); skipped when dossiers exist.")
 @click.pass_context
-def demo(ctx: click.Context, host: str, port: int, no_serve: bool) -> None:
+def demo(ctx: click.Context, host: str, port: int, no_serve: bool, simulated: int) -> None:
     """Set up the embedded database with the demo province and the bundled procedures, then serve."""
     from . import organisation
 
@@ -406,6 +443,9 @@ def demo(ctx: click.Context, host: str, port: int, no_serve: bool) -> None:
             except DeploymentRejected as err:
                 click.echo(f"Skipped {', '.join(bundle)}:", err=True)
                 _print_problems(err.problems)
+        has_dossiers = session.scalar(select(func.count()).select_from(Dossier)) or 0
+    if simulated and not has_dossiers:
+        _run_simulation(ctx, simulated, 3.0, _now(), 2026)
     click.echo("Demo accounts (password motcua-demo): motcua.phuocan (receptionist), chuyenvien.phuocan (officer), "
                "lanhdao.phuocan (leader), chuyenvien.vpdk, chuyenvien.thue, chuyenvien.congan, chuyenvien.bhxh, "
                "giamsat.tinh (supervisor), thietke.tinh (designer), admin.tinh (administrator) — see processes/demo/dong-nai.yaml")
