@@ -118,47 +118,74 @@ class SimulationReport:
 # --------------------------------------------------------------------------- arrivals
 
 
-def _random_instant_in(rng: random.Random, day: date, sessions: Sequence[tuple[time, time]]) -> datetime:
-    """A uniformly random instant within the working sessions of ``day``."""
-    spans = [(datetime.combine(day, a, VN_TZ), datetime.combine(day, b, VN_TZ)) for a, b in sessions]
-    total = sum((b - a).total_seconds() for a, b in spans)
-    offset = rng.uniform(0, total)
+def _spans(day: date, sessions: Sequence[tuple[time, time]], start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """The parts of ``day``'s sessions that fall within [start, end)."""
+    out = []
+    for a, b in sessions:
+        lo, hi = max(datetime.combine(day, a, VN_TZ), start), min(datetime.combine(day, b, VN_TZ), end)
+        if lo < hi:
+            out.append((lo, hi))
+    return out
+
+
+def _length(spans: Sequence[tuple[datetime, datetime]]) -> float:
+    return sum((b - a).total_seconds() for a, b in spans)
+
+
+def _random_instant_in(rng: random.Random, spans: Sequence[tuple[datetime, datetime]]) -> datetime:
+    """A uniformly random instant within ``spans``."""
+    offset = rng.uniform(0, _length(spans))
     for a, b in spans:
         length = (b - a).total_seconds()
-        if offset <= length:
+        if offset < length:
             return a + timedelta(seconds=int(offset))
         offset -= length
-    return spans[-1][1] - timedelta(seconds=1)
+    return spans[-1][0]
 
 
 def arrival_instants(
     calendar: WorkingCalendar, start: datetime, end: datetime, count: int, online_share: float, rng: random.Random
-) -> list[tuple[datetime, bool]]:
-    """``count`` arrival instants in [start, end), sorted, each with whether it was filed online.
+) -> Iterator[tuple[datetime, bool]]:
+    """``count`` arrival instants in [start, end), in order, each with whether it was filed online.
 
     Desk arrivals fall inside working sessions, weighted by :data:`WEEKDAY_LOAD`
     (a make-up working Saturday counts as a working day); online filings come at
-    any hour of any day, more in the evening.
+    any hour of any day, more in the evening. Days are drawn first and each
+    day's instants only when it comes, so a million arrivals need little memory.
     """
     first, last = start.astimezone(VN_TZ).date(), (end - timedelta(microseconds=1)).astimezone(VN_TZ).date()
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    desk_days = [(d, calendar.sessions_on(d)) for d in days if calendar.is_working_day(d)]
-    weights = [WEEKDAY_LOAD[d.weekday()] or 0.45 for d, _ in desk_days]
-    out: list[tuple[datetime, bool]] = []
-    hours = list(range(24))
-    hour_weights = [0.2] * 6 + [0.6, 1, 1, 1, 1, 0.8, 0.8, 1, 1, 1, 0.9, 0.8, 1, 1.4, 1.6, 1.4, 0.8, 0.4]
-    while len(out) < count:
-        online = rng.random() < online_share or not desk_days
-        if online:
-            day = rng.choice(days)
-            at = datetime.combine(day, time(rng.choices(hours, hour_weights)[0], rng.randrange(60), rng.randrange(60)), VN_TZ)
-        else:
-            day, sessions = rng.choices(desk_days, weights)[0]
-            at = _random_instant_in(rng, day, sessions)
-        if start <= at < end:
-            out.append((at, online))
-    out.sort()
-    return out
+    whole_day = ((time(0), time(23, 59, 59, 999999)),)
+    desk = {d: spans for d in days if (spans := _spans(d, calendar.sessions_on(d), start, end))}
+    online = {d: spans for d in days if (spans := _spans(d, whole_day, start, end))}
+    # A day cut by the period's ends weighs by the share of it that is inside.
+    desk_weights = [
+        (WEEKDAY_LOAD[d.weekday()] or 0.45) * _length(spans) / _length(_spans(d, calendar.sessions_on(d), _MIN, _MAX))
+        for d, spans in desk.items()
+    ]
+    online_weights = [_length(spans) / 86400 for spans in online.values()]
+    online_count = sum(1 for _ in range(count) if rng.random() < online_share) if desk else count
+    per_day: Counter[tuple[date, bool]] = Counter()
+    for day in rng.choices(list(desk), desk_weights, k=count - online_count) if desk else ():
+        per_day[(day, False)] += 1
+    for day in rng.choices(list(online), online_weights, k=online_count):
+        per_day[(day, True)] += 1
+    for day in days:
+        batch = [(_random_instant_in(rng, desk[day]), False) for _ in range(per_day[(day, False)])]
+        for _ in range(per_day[(day, True)]):
+            for _try in range(50):  # more in the evening: accept an instant by the weight of its hour
+                at = _random_instant_in(rng, online[day])
+                if rng.random() * 1.6 < _ONLINE_HOURS[at.hour]:
+                    break
+            batch.append((at, True))
+        batch.sort()
+        yield from batch
+
+
+_MIN = datetime.min.replace(tzinfo=VN_TZ) + timedelta(days=1)
+_MAX = datetime.max.replace(tzinfo=VN_TZ) - timedelta(days=1)
+#: Relative online filings per hour of the day.
+_ONLINE_HOURS = (0.2,) * 6 + (0.6, 1, 1, 1, 1, 0.8, 0.8, 1, 1, 1, 0.9, 0.8, 1, 1.4, 1.6, 1.4, 0.8, 0.4)
 
 
 # --------------------------------------------------------------------------- the world
@@ -194,6 +221,7 @@ class _World:
         self.report = report
         self.rng = random.Random(plan.seed)
         self.queue: list[tuple[datetime, int, str, tuple[Any, ...]]] = []
+        self.arrivals: Iterator[tuple[datetime, bool]] = iter(())
         self.seq = itertools.count()
         with sessions() as session:
             self.calendar = services.load_calendar(session)
@@ -313,10 +341,8 @@ def simulate(
     report = SimulationReport()
     world = _World(sessions, plan, report)
     rng = world.rng
-    arrivals = arrival_instants(world.calendar, plan.start, plan.end, plan.dossiers, plan.online_share, rng)
-    procedures, weights = zip(*world.procedures, strict=True)
-    for at, online in arrivals:
-        world.at(at, "arrive", rng.choices(procedures, weights)[0], online)
+    world.arrivals = arrival_instants(world.calendar, plan.start, plan.end, plan.dossiers, plan.online_share, rng)
+    _next_arrival(world)
     day = plan.start.astimezone(VN_TZ).date()
     while datetime.combine(day, time(0), VN_TZ) < plan.end:
         if world.calendar.is_working_day(day):
@@ -338,7 +364,16 @@ def simulate(
     return report
 
 
+def _next_arrival(world: _World) -> None:
+    """Put the next arrival on the clock (one at a time keeps the queue small)."""
+    for at, online in world.arrivals:
+        procedures, weights = zip(*world.procedures, strict=True)
+        world.at(at, "arrive", world.rng.choices(procedures, weights)[0], online)
+        return
+
+
 def _arrive(world: _World, session: Session, now: datetime, procedure: _Procedure, online: bool) -> None:
+    _next_arrival(world)
     rng, plan = world.rng, world.plan
     desk = rng.choice(world.communes)
     receptionist = _someone(world, session, desk, "receptionist")

@@ -7,7 +7,6 @@ from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -54,7 +53,7 @@ def _busy_plan(seed: int = 11, dossiers: int = 60) -> SimulationPlan:
 
 def test_arrivals_follow_working_hours_and_the_week() -> None:
     calendar = WorkingCalendar()
-    arrivals = arrival_instants(calendar, START, END, 4000, 0.2, random.Random(5))
+    arrivals = list(arrival_instants(calendar, START, END, 4000, 0.2, random.Random(5)))
     assert len(arrivals) == 4000
     assert [at for at, _ in arrivals] == sorted(at for at, _ in arrivals)
     assert all(START <= at < END for at, _ in arrivals)
@@ -154,3 +153,15 @@ def test_cli_simulate_needs_procedures_then_reports_progress(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert "12/12 hồ sơ (100 %)" in result.output
     assert '"received": 12' in result.output
+
+
+def test_a_period_cut_mid_day_gets_no_arrival_outside_it() -> None:
+    calendar = WorkingCalendar()
+    start = datetime(2026, 11, 20, 14, 0, tzinfo=VN_TZ)  # Friday afternoon
+    end = datetime(2026, 11, 23, 9, 0, tzinfo=VN_TZ)  # Monday morning
+    arrivals = list(arrival_instants(calendar, start, end, 500, 0.2, random.Random(1)))
+    assert len(arrivals) == 500
+    assert all(start <= at < end for at, _ in arrivals)
+    assert len({at for at, _ in arrivals}) > 450  # spread out, not piled on the period's ends
+    desk_days = Counter(at.date() for at, online in arrivals if not online)
+    assert set(desk_days) == {start.date(), end.date()}
