@@ -222,6 +222,7 @@ class _World:
         self.rng = random.Random(plan.seed)
         self.queue: list[tuple[datetime, int, str, tuple[Any, ...]]] = []
         self.arrivals: Iterator[tuple[datetime, bool]] = iter(())
+        self.free_at: dict[str, datetime] = {}  # officer → when their current work is done
         self.seq = itertools.count()
         with sessions() as session:
             self.calendar = services.load_calendar(session)
@@ -412,7 +413,8 @@ def _schedule_open_steps(world: _World, session: Session, case: _Case, now: date
         if not names:
             world.report.counts["unstaffed_steps"] += 1
             continue
-        officer = rng.choice(names)
+        # The colleague who will be free first takes it; ties go by chance.
+        officer = min(names, key=lambda name: (world.free_at.get(name, now), rng.random()))
         allotment = _allotment_hours(case.procedure.meta["steps"].get(task.step_id, {}))
         wait = allotment * rng.uniform(0.02, 0.15) * world.speed[officer]
         world.at(world.later(now, wait), "claim", case, task.id, officer)
@@ -427,14 +429,23 @@ def _claim(world: _World, session: Session, now: datetime, case: _Case, task_id:
 
 
 def _plan_work(world: _World, case: _Case, now: datetime, task_id: int, step_id: str, officer: str) -> None:
-    """The officer works on the step for a while (slower on a bottleneck), maybe asking for a supplement first."""
+    """The officer works on the step (slower on a bottleneck), maybe asking for a supplement first.
+
+    An officer does one thing at a time: the step's effort waits until the
+    officer is free, so a short-staffed agency builds a queue. The step also
+    takes its usual elapsed time (checks, site visits, signatures) if longer.
+    """
     rng, plan = world.rng, world.plan
-    step = case.procedure.meta["steps"].get(step_id, {})
-    slow = plan.bottlenecks.get(step_id, 1.0)
-    work = _allotment_hours(step) * rng.lognormvariate(-0.9, 0.45) * world.speed.get(officer, 1.0) * slow
+    allotment = _allotment_hours(case.procedure.meta["steps"].get(step_id, {}))
+    speed, slow = world.speed.get(officer, 1.0), plan.bottlenecks.get(step_id, 1.0)
+    pace = speed * slow
+    effort = allotment * rng.lognormvariate(-2.7, 0.5) * speed * slow**0.5
+    begin = max(now, world.free_at.get(officer, now))
+    world.free_at[officer] = world.later(begin, effort)
+    done = max(world.later(now, allotment * rng.lognormvariate(-0.9, 0.45) * pace), world.free_at[officer])
     if step_id != case.procedure.first_step and not case.supplement_asked and rng.random() < plan.supplement_rate:
         world.at(world.later(now, rng.uniform(0.5, 3)), "supplement", case, officer)
-    world.at(world.later(now, work), "complete", case, task_id, officer)
+    world.at(done, "complete", case, task_id, officer)
 
 
 def _complete(world: _World, session: Session, now: datetime, case: _Case, task_id: int, officer: str) -> None:
