@@ -33,7 +33,7 @@ from .core.calendar import VN_TZ, WorkingCalendar
 from .errors import Conflict, EngineError
 from .persistence.models import Agency, Officer, OfficerRole, Procedure, ProcedureVersion
 
-__all__ = ["SimulationPlan", "SimulationReport", "arrival_instants", "simulate"]
+__all__ = ["Arrival", "SimulationPlan", "SimulationReport", "arrival_instants", "simulate"]
 
 #: Relative arrivals per weekday (Monday first): Mondays are busiest, a
 #: make-up Saturday is quiet; Sunday only sees online filings.
@@ -57,6 +57,15 @@ _COMPLAINTS = (
     "Cán bộ hướng dẫn chưa rõ ràng.",
     "Thời gian chờ tại bộ phận một cửa quá lâu.",
 )
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A dossier arriving: when, whether filed online, and at which desk (None: any commune)."""
+
+    at: datetime
+    online: bool
+    desk: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,10 @@ class SimulationPlan:
     rating_rate: float = 0.4
     feedback_rate: float = 0.01
     sweep_hours: tuple[int, ...] = (7, 13)
+    arrivals: tuple[Arrival, ...] | None = None  # replay these instead of drawing arrivals
+    #: Observed working hours per step id, (waits before claim, claim to completion):
+    #: when given, a step takes as long as one drawn from history, whatever its allotment.
+    step_hours: Mapping[str, tuple[Sequence[float], Sequence[float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dossiers < 0:
@@ -204,6 +217,7 @@ class _Case:
 
     code: str
     procedure: _Procedure
+    rng: random.Random  # this dossier's own stream: a change elsewhere leaves its draws alone
     phone: str
     channel: str
     received_at: datetime
@@ -221,7 +235,7 @@ class _World:
         self.report = report
         self.rng = random.Random(plan.seed)
         self.queue: list[tuple[datetime, int, str, tuple[Any, ...]]] = []
-        self.arrivals: Iterator[tuple[datetime, bool]] = iter(())
+        self.arrivals: Iterator[Arrival] = iter(())
         self.free_at: dict[str, datetime] = {}  # officer → when their current work is done
         self.seq = itertools.count()
         with sessions() as session:
@@ -233,7 +247,12 @@ class _World:
                     select(Agency.code).where(Agency.level == "commune", Agency.active.is_(True)).order_by(Agency.code)
                 )
             )
-        self.speed = {name: round(self.rng.lognormvariate(0, 0.25), 3) for names in sorted(self.holders.values()) for name in names}
+        self.speed = {
+            name: round(random.Random(f"{plan.seed}/{name}").lognormvariate(0, 0.25), 3)
+            for names in self.holders.values() for name in names
+        }
+        self.arrived = 0
+        self.tiebreak = random.Random(f"{plan.seed}/tiebreak")
 
     # -------------------------------------------------------- set-up
 
@@ -342,7 +361,11 @@ def simulate(
     report = SimulationReport()
     world = _World(sessions, plan, report)
     rng = world.rng
-    world.arrivals = arrival_instants(world.calendar, plan.start, plan.end, plan.dossiers, plan.online_share, rng)
+    if plan.arrivals is not None:
+        world.arrivals = iter(sorted(plan.arrivals, key=lambda a: a.at))
+    else:
+        drawn = arrival_instants(world.calendar, plan.start, plan.end, plan.dossiers, plan.online_share, rng)
+        world.arrivals = (Arrival(at, online) for at, online in drawn)
     _next_arrival(world)
     day = plan.start.astimezone(VN_TZ).date()
     while datetime.combine(day, time(0), VN_TZ) < plan.end:
@@ -367,17 +390,20 @@ def simulate(
 
 def _next_arrival(world: _World) -> None:
     """Put the next arrival on the clock (one at a time keeps the queue small)."""
-    for at, online in world.arrivals:
+    for arrival in world.arrivals:
         procedures, weights = zip(*world.procedures, strict=True)
-        world.at(at, "arrive", world.rng.choices(procedures, weights)[0], online)
+        world.at(arrival.at, "arrive", world.rng.choices(procedures, weights)[0], arrival)
         return
 
 
-def _arrive(world: _World, session: Session, now: datetime, procedure: _Procedure, online: bool) -> None:
+def _arrive(world: _World, session: Session, now: datetime, procedure: _Procedure, arrival: Arrival) -> None:
     _next_arrival(world)
-    rng, plan = world.rng, world.plan
-    desk = rng.choice(world.communes)
-    receptionist = _someone(world, session, desk, "receptionist")
+    world.arrived += 1
+    plan = world.plan
+    rng = random.Random(f"{plan.seed}/dossier/{world.arrived}")
+    online = arrival.online
+    desk = arrival.desk or rng.choice(world.communes)
+    receptionist = _someone(world, session, desk, "receptionist", rng)
     phone = f"09{rng.randint(10_000_000, 99_999_999)}"
     applicant = {"name": _person(rng), "phone": phone, "email": None}
     channel = "online" if online else ("post" if rng.random() < 0.03 else "in_person")
@@ -387,21 +413,21 @@ def _arrive(world: _World, session: Session, now: datetime, procedure: _Procedur
     )
     world.report.counts["received"] += 1
     world.report.counts[f"channel.{channel}"] += 1
-    case = _Case(record.code, procedure, phone, channel, now)
+    case = _Case(record.code, procedure, rng, phone, channel, now)
     if rng.random() < plan.withdraw_rate:
         world.at(world.later(now, rng.uniform(2, 40)), "withdraw", case)
     _schedule_open_steps(world, session, case, now)
 
 
-def _someone(world: _World, session: Session, agency_code: str, role: str) -> str | None:
+def _someone(world: _World, session: Session, agency_code: str, role: str, rng: random.Random) -> str | None:
     agency_id = session.scalar(select(Agency.id).where(Agency.code == agency_code))
     names = world.holders.get((agency_id, role), []) if agency_id is not None else []
-    return world.rng.choice(names) if names else None
+    return rng.choice(names) if names else None
 
 
 def _schedule_open_steps(world: _World, session: Session, case: _Case, now: datetime) -> None:
     """Plan a claim for every open step of ``case`` not yet planned."""
-    rng = world.rng
+    rng = case.rng
     for task in services.open_tasks(session, case.code):
         if task.id in case.seen_tasks:
             continue
@@ -414,9 +440,12 @@ def _schedule_open_steps(world: _World, session: Session, case: _Case, now: date
             world.report.counts["unstaffed_steps"] += 1
             continue
         # The colleague who will be free first takes it; ties go by chance.
-        officer = min(names, key=lambda name: (world.free_at.get(name, now), rng.random()))
-        allotment = _allotment_hours(case.procedure.meta["steps"].get(task.step_id, {}))
-        wait = allotment * rng.uniform(0.02, 0.15) * world.speed[officer]
+        officer = min(names, key=lambda name: (world.free_at.get(name, now), world.tiebreak.random()))
+        observed = world.plan.step_hours.get(task.step_id)
+        if observed and observed[0]:
+            wait = rng.choice(observed[0])
+        else:
+            wait = _allotment_hours(case.procedure.meta["steps"].get(task.step_id, {})) * rng.uniform(0.02, 0.15) * world.speed[officer]
         world.at(world.later(now, wait), "claim", case, task.id, officer)
 
 
@@ -428,6 +457,11 @@ def _claim(world: _World, session: Session, now: datetime, case: _Case, task_id:
     _plan_work(world, case, now, task_id, task.step_id, officer)
 
 
+#: The most of a step's elapsed time that occupies its officer: a short step is
+#: all hands-on work, a long one mostly waits on others (checks, site visits).
+_HANDS_ON_HOURS = 1.5
+
+
 def _plan_work(world: _World, case: _Case, now: datetime, task_id: int, step_id: str, officer: str) -> None:
     """The officer works on the step (slower on a bottleneck), maybe asking for a supplement first.
 
@@ -435,14 +469,18 @@ def _plan_work(world: _World, case: _Case, now: datetime, task_id: int, step_id:
     officer is free, so a short-staffed agency builds a queue. The step also
     takes its usual elapsed time (checks, site visits, signatures) if longer.
     """
-    rng, plan = world.rng, world.plan
+    rng, plan = case.rng, world.plan
     allotment = _allotment_hours(case.procedure.meta["steps"].get(step_id, {}))
     speed, slow = world.speed.get(officer, 1.0), plan.bottlenecks.get(step_id, 1.0)
-    pace = speed * slow
-    effort = allotment * rng.lognormvariate(-2.7, 0.5) * speed * slow**0.5
+    observed = plan.step_hours.get(step_id)
+    if observed and observed[1]:  # as long as it once took
+        elapsed = rng.choice(observed[1])
+    else:
+        elapsed = allotment * rng.lognormvariate(-0.9, 0.45) * speed * slow
+    effort = min(elapsed, _HANDS_ON_HOURS * speed)
     begin = max(now, world.free_at.get(officer, now))
     world.free_at[officer] = world.later(begin, effort)
-    done = max(world.later(now, allotment * rng.lognormvariate(-0.9, 0.45) * pace), world.free_at[officer])
+    done = max(world.later(now, elapsed), world.free_at[officer])
     if step_id != case.procedure.first_step and not case.supplement_asked and rng.random() < plan.supplement_rate:
         world.at(world.later(now, rng.uniform(0.5, 3)), "supplement", case, officer)
     world.at(done, "complete", case, task_id, officer)
@@ -455,7 +493,7 @@ def _complete(world: _World, session: Session, now: datetime, case: _Case, task_
     if dossier.paused_at is not None:  # waiting for the applicant; try again when they are back
         world.report.counts["waited_for_applicant"] += 1
         return
-    rng, plan = world.rng, world.plan
+    rng, plan = case.rng, world.plan
     meta = case.procedure.meta
     task = next((t for t in services.open_tasks(session, case.code) if t.id == task_id), None)
     if task is None:
@@ -510,7 +548,7 @@ def _maybe_apologise(world: _World, session: Session, case: _Case, now: datetime
     if not leaders:
         return
     agency_code = session.scalar(select(Agency.code).where(Agency.id == agency_id))
-    new_due = world.later(now, world.rng.choice((8, 16, 24)))
+    new_due = world.later(now, case.rng.choice((8, 16, 24)))
     lifecycle.issue_apology(
         session, case.code, new_due, "Hồ sơ cần xác minh thêm, chưa giải quyết kịp thời hạn.", agency_code,
         approved_by=leaders[0], actor=leaders[0], now=now,
@@ -528,7 +566,7 @@ def _supplement(world: _World, session: Session, now: datetime, case: _Case, off
     case.supplement_asked = True
     lifecycle.request_supplement(session, case.code, ["Bản sao giấy tờ còn thiếu", "Bản chính để đối chiếu"], officer, now)
     world.report.counts["supplements"] += 1
-    rng = world.rng
+    rng = case.rng
     if rng.random() < world.plan.abandon_rate:
         world.at(world.later(now, rng.uniform(40, 80)), "withdraw", case)
     else:
@@ -548,7 +586,7 @@ def _resume(world: _World, session: Session, now: datetime, case: _Case, officer
     for task in services.open_tasks(session, case.code):
         if task.assignee:
             step = case.procedure.meta["steps"].get(task.step_id, {})
-            work = _allotment_hours(step) * world.rng.lognormvariate(-1.2, 0.4) * world.speed.get(task.assignee, 1.0)
+            work = _allotment_hours(step) * case.rng.lognormvariate(-1.2, 0.4) * world.speed.get(task.assignee, 1.0)
             world.at(world.later(now, work), "complete", case, task.id, task.assignee)
     _schedule_open_steps(world, session, case, now)
 
@@ -559,7 +597,7 @@ def _withdraw(world: _World, session: Session, now: datetime, case: _Case) -> No
     dossier = services.get_dossier(session, case.code)
     if dossier.status not in lifecycle.ACTIVE + lifecycle.PAUSED:
         return
-    actor = _someone(world, session, dossier.agency_code, "receptionist") or "simulator"
+    actor = _someone(world, session, dossier.agency_code, "receptionist", case.rng) or "simulator"
     lifecycle.withdraw(session, case.code, "Công dân có đơn xin rút hồ sơ.", actor, now)
     case.finished = True
     world.report.counts["withdrawn"] += 1
@@ -569,12 +607,12 @@ def _return(world: _World, session: Session, now: datetime, case: _Case) -> None
     if case.finished:
         return
     dossier = services.get_dossier(session, case.code)
-    actor = _someone(world, session, dossier.agency_code, "receptionist") or "simulator"
+    actor = _someone(world, session, dossier.agency_code, "receptionist", case.rng) or "simulator"
     channel = {"online": "online", "post": "post"}.get(case.channel, "desk")
     lifecycle.return_result(session, case.code, channel, actor, now)
     case.finished = True
     world.report.counts["returned"] += 1
-    rng, plan = world.rng, world.plan
+    rng, plan = case.rng, world.plan
     if rng.random() < plan.rating_rate:
         late = dossier.due_at is not None and dossier.finished_at is not None and dossier.finished_at > dossier.due_at
         world.at(now + timedelta(hours=rng.uniform(0.2, 30)), "rate", case, late)
@@ -583,7 +621,7 @@ def _return(world: _World, session: Session, now: datetime, case: _Case) -> None
 
 
 def _rate(world: _World, session: Session, now: datetime, case: _Case, late: bool) -> None:
-    rng = world.rng
+    rng = case.rng
     centre = 3.0 if late else 4.5
     scores = {key: min(5, max(1, round(rng.gauss(centre, 0.6)))) for key in public.CRITERIA}
     comment = rng.choice(_COMPLAINTS) if min(scores.values()) < 3 else None
@@ -593,7 +631,7 @@ def _rate(world: _World, session: Session, now: datetime, case: _Case, late: boo
 
 def _feedback(world: _World, session: Session, now: datetime, case: _Case) -> None:
     public.send_feedback(
-        session, "Phản ánh về việc giải quyết hồ sơ", world.rng.choice(_COMPLAINTS), now,
+        session, "Phản ánh về việc giải quyết hồ sơ", case.rng.choice(_COMPLAINTS), now,
         dossier_code=case.code, secret=public.secret_of(case.phone),
     )
     world.report.counts["feedback"] += 1
