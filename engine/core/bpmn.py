@@ -38,6 +38,7 @@ from .durations import Duration, DurationError, parse_duration
 __all__ = [
     "MAX_FILE_BYTES",
     "MAX_FLOW_NODES",
+    "MAX_SUBPROCESS_DEPTH",
     "FormField",
     "Problem",
     "ProcedureDefinition",
@@ -59,6 +60,8 @@ XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 MAX_FILE_BYTES = 2 * 1024 * 1024
 #: Most flow nodes in one process (SpiffWorkflow's parser recurses per flow).
 MAX_FLOW_NODES = 300
+#: Deepest nesting of sub-processes inside one process.
+MAX_SUBPROCESS_DEPTH = 10
 #: Most problems reported for one deployment (the rest are summarised).
 MAX_PROBLEMS = 200
 
@@ -440,6 +443,16 @@ def _lane_index(process: Any) -> dict[str, Any]:
     return index
 
 
+def _nesting(element: Any, top: Any) -> int:
+    """How many sub-processes enclose ``element`` (itself included) below ``top``."""
+    depth = 0
+    while element is not None and element is not top:
+        if element.tag == _b("subProcess"):
+            depth += 1
+        element = element.getparent()
+    return depth
+
+
 def _depth(element: Any) -> int:
     depth = 0
     while element is not None:
@@ -470,6 +483,14 @@ def _check_process(a: _Analysis, process: Any, filename: str, steps: dict[str, S
     if len(flow_nodes) > MAX_FLOW_NODES:
         a.add(
             f"Process '{pid}' has {len(flow_nodes)} flow elements; the limit is {MAX_FLOW_NODES}. Split it into called sub-processes (call activities).",
+            process,
+            filename,
+        )
+        return
+    deepest = max((_nesting(el, process) for el in process.iter(_b("subProcess"))), default=0)
+    if deepest > MAX_SUBPROCESS_DEPTH:
+        a.add(
+            f"Process '{pid}' nests sub-processes {deepest} deep; the limit is {MAX_SUBPROCESS_DEPTH}. Flatten it or use called sub-processes (call activities).",
             process,
             filename,
         )
@@ -533,6 +554,7 @@ def _check_process(a: _Analysis, process: Any, filename: str, steps: dict[str, S
             for flow in outgoing:
                 if flow.get("id") != default and flow.find(_b("conditionExpression")) is None:
                     a.add("This flow leaves a decision gateway without a condition and is not the gateway's default flow; add a condition or mark it default.", flow, filename)
+    roleless_lanes_reported: set[str] = set()
     for element in process.iter(*HUMAN_TASKS):
         step_id = element.get("id")
         props = extension_properties(element)
@@ -543,7 +565,8 @@ def _check_process(a: _Analysis, process: Any, filename: str, steps: dict[str, S
         name = element.get("name") or step_id
         if lane is None and "role" not in props:
             a.add(f"Step '{name}' is in no lane; put it in the lane of the role that does it.", element, filename)
-        elif not role:
+        elif not role and lane.get("id") not in roleless_lanes_reported:
+            roleless_lanes_reported.add(lane.get("id"))
             lane_name = lane.get("name") or lane.get("id")
             a.add(f"Lane '{lane_name}' has no role; add the extension property 'role' (e.g. officer, leader, receptionist) to the lane.", lane, filename)
         allotment = None
@@ -584,8 +607,8 @@ def _line(base: Any, offset: int | None) -> int | None:
 
 
 def _check_expression(a: _Analysis, text: str, element: Any, filename: str, what: str, line: int | None) -> None:
-    for problem in expressions.check_expression(text.strip()):
-        a.add(f"The {what} '{_short(text)}' is not allowed: {problem.message}", element, filename, line=line)
+    for message in dict.fromkeys(problem.message for problem in expressions.check_expression(text.strip())):
+        a.add(f"The {what} '{_short(text)}' is not allowed: {message}", element, filename, line=line)
 
 
 def _short(text: str) -> str:
