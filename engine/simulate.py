@@ -114,6 +114,7 @@ DEFAULT_MIX: dict[str, float] = {
     "LLTP-CA-TINH": 10,
     "1.013978": 6,  # đất đai lần đầu
     "1.013225": 6,  # giấy phép xây dựng
+    "1.013831": 5,  # chuyển nhượng quyền sử dụng đất
 }
 
 
