@@ -310,6 +310,37 @@ def serve(ctx: click.Context, host: str, port: int, threads: int, with_worker: b
             scheduler.shutdown(wait=False)
 
 
+@main.command("backup")
+@click.argument("target", type=click.Path(dir_okay=False, writable=True))
+@click.pass_context
+def backup_command(ctx: click.Context, target: str) -> None:
+    """Back the database up to TARGET (SQLite: online backup; PostgreSQL: pg_dump custom format)."""
+    from . import backup
+
+    try:
+        written = backup.backup(ctx.obj.database_url, Path(target))
+    except EngineError as err:
+        _fail(str(err))
+    click.echo(f"Backup written: {written} ({written.stat().st_size:,} bytes)")
+
+
+@main.command("restore")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("--yes", is_flag=True, help="Replace the current database without asking.")
+@click.pass_context
+def restore_command(ctx: click.Context, source: str, yes: bool) -> None:
+    """Restore SOURCE into the database (replacing what it holds), upgrade its schema, and check it."""
+    from . import backup
+
+    if not yes:
+        click.confirm(f"Replace the database {_safe_url(ctx.obj.database_url)} with {source}?", abort=True)
+    try:
+        found = backup.restore(Path(source), ctx.obj.database_url)
+    except EngineError as err:
+        _fail(str(err))
+    click.echo(f"Restored: {found.dossiers} dossiers, {found.open_tasks} open steps, last dossier {found.last_dossier or '—'}")
+
+
 @main.group()
 def org() -> None:
     """Organisation: agencies, officers and their roles."""
