@@ -255,6 +255,12 @@ _action("stop", schemas.ReasonIn, ("leader", "head_of_unit"),
 _action("apology", schemas.ApologyIn, HANDLING_ROLES,
         lambda code, b: lifecycle.issue_apology(_s(), code, b["new_due_at"], b["reason"], b["agency_code"], b["approved_by"], current().username, now()),
         "The late agency apologises with a new appointment (form 04), signed by its leader; once per dossier.")
+_action("recall", schemas.ReasonIn, HANDLING_ROLES,
+        lambda code, b: lifecycle.recall(_s(), code, b["reason"], current().username, now()),
+        "Thu hồi: take back a dossier one forwarded by mistake, while its next step is unclaimed.")
+_action("reset", schemas.ResetIn, ("leader", "head_of_unit"),
+        lambda code, b: lifecycle.reset_to_step(_s(), code, b["step_id"], b["reason"], current().username, now()),
+        "A leader sends the dossier back to an earlier step, with a reason; open steps are cancelled.")
 _action("return-result", schemas.ReturnResultIn, ("receptionist",),
         lambda code, b: lifecycle.return_result(_s(), code, b["channel"], current().username, now()),
         "Hand the result to the applicant: desk, post or online.")

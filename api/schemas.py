@@ -171,6 +171,16 @@ class ReasonIn(Schema):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=2000))
 
 
+class ResetIn(Schema):
+    step_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+
+
+class TransferIn(Schema):
+    to = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+
+
 class ItemsIn(Schema):
     items = fields.List(fields.String(validate=validate.Length(min=1, max=500)), required=True, validate=validate.Length(min=1, max=50))
 

@@ -1,4 +1,4 @@
-"""Tasks: my inbox and my roles' queue; claim, release, complete, return, reassign."""
+"""Tasks: my inbox and my roles' queue; claim, release, complete, return, transfer, reassign."""
 
 from __future__ import annotations
 
@@ -96,3 +96,14 @@ class Reassign(MethodView):
     def post(self, body: dict[str, Any], task_id: int) -> Any:
         """A leader gives the step to another officer holding its role there."""
         return lifecycle.reassign(db_session(), task_id, body["to"], current().username, now())
+
+
+@bp.route("/<int:task_id>/transfer")
+class Transfer(MethodView):
+    @bp.arguments(schemas.TransferIn)
+    @bp.response(200, schemas.TaskOut)
+    @bp.doc(security=SECURED)
+    @login_required
+    def post(self, body: dict[str, Any], task_id: int) -> Any:
+        """Chuyển xử lý: hand a step one holds to a colleague with the same role at that agency."""
+        return lifecycle.transfer(db_session(), task_id, body["to"], body.get("reason"), current().username, now())

@@ -91,7 +91,46 @@ def form_context(session: Session, code: str, form: str, public_url: str) -> for
     return forms.FormContext(**context)
 
 
+#: Audit actions that move a dossier between people without a hand-over between
+#: agencies, and the note the control slip gives them.
+_SLIP_MOVES = {
+    "task.return": "Trả lại bước trước",
+    "dossier.recall": "Thu hồi hồ sơ đã chuyển",
+    "dossier.reset": "Lãnh đạo chuyển lại bước trước",
+    "task.transfer": "Chuyển xử lý cho đồng nghiệp",
+    "task.reassign": "Lãnh đạo giao lại",
+}
+
+
 def _slip(session: Session, dossier_id: int) -> list[forms.SlipRow]:
+    rows = _handover_rows(session, dossier_id) + _move_rows(session, dossier_id)
+    return sorted(rows, key=lambda row: row.handed_at)
+
+
+def _move_rows(session: Session, dossier_id: int) -> list[forms.SlipRow]:
+    rows = []
+    events = session.scalars(
+        select(AuditEvent).where(AuditEvent.dossier_id == dossier_id, AuditEvent.action.in_(_SLIP_MOVES)).order_by(AuditEvent.id)
+    )
+    for event in events:
+        details = event.details or {}
+        task = session.get(Task, event.task_id) if event.task_id else None
+        agency = _agency(session, task.agency_id) if task else None
+        reason = str(details.get("reason") or "").strip()
+        rows.append(
+            forms.SlipRow(
+                agency=agency.name if agency else "",
+                handed_at=event.at,
+                from_person=_name(session, event.actor),
+                to_person=_name(session, details.get("to")),
+                result="",
+                note=_SLIP_MOVES[event.action] + (f": {reason}" if reason else ""),
+            )
+        )
+    return rows
+
+
+def _handover_rows(session: Session, dossier_id: int) -> list[forms.SlipRow]:
     rows = []
     for handover in session.scalars(select(Handover).where(Handover.dossier_id == dossier_id).order_by(Handover.id)):
         sent_from = session.get(Task, handover.from_task_id) if handover.from_task_id else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Mapping, Sequence
+from uuid import UUID
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -28,13 +29,16 @@ __all__ = [
     "claim",
     "issue_apology",
     "reassign",
+    "recall",
     "refuse",
     "request_payment",
     "request_supplement",
+    "reset_to_step",
     "resume",
     "return_result",
     "return_to_previous",
     "stop",
+    "transfer",
     "unclaim",
     "withdraw",
 ]
@@ -156,8 +160,7 @@ def return_to_previous(session: Session, task_id: int, reason: str, actor: str, 
 
     The previous step is offered again to the officer who completed it.
     """
-    if not reason or not reason.strip():
-        raise InvalidRequest("Give the reason for returning the dossier.")
+    reason = _reason_given(reason, "returning the dossier")
     services._checked_id(task_id, "task")
     record, open_rows = dossiers.lock_dossier_with_open_tasks(session, task_id)
     task = next((row for row in open_rows if row.id == task_id), None)
@@ -169,6 +172,124 @@ def return_to_previous(session: Session, task_id: int, reason: str, actor: str, 
         raise Conflict(f"Step '{task.step_name}' is claimed by {task.assignee}.")
     known = services._version_runtime(session, record.procedure_version_id)
     wf = runtime.load_state(known.spec, record.workflow_state)
+    earlier = _previous_row(session, wf, record.id, task)
+    _send_back(session, record, wf, known.meta, open_rows, earlier, "task.return", task, reason, actor, now)
+    return record
+
+
+@unit_of_work
+def recall(session: Session, code: str, reason: str, actor: str, now: datetime) -> DossierRecord:
+    """Thu hồi: take back a dossier one forwarded by mistake, while the next step is unclaimed.
+
+    The step ``actor`` completed is opened to them again; the step it led to is
+    cancelled. Once someone has claimed that next step, it is theirs to return.
+    """
+    reason = _reason_given(reason, "recalling the dossier")
+    record = _record(session, code)
+    known = services._version_runtime(session, record.procedure_version_id)
+    candidates = []
+    for row in dossiers.open_task_rows(session, record.id):
+        wf = runtime.load_state(known.spec, record.workflow_state)
+        try:
+            earlier = _previous_row(session, wf, record.id, row)
+        except Conflict:
+            continue
+        if earlier.completed_by == actor:
+            candidates.append(row)
+    if not candidates:
+        session.rollback()
+        raise Conflict(f"{actor} did not forward dossier {code} to any of its open steps; there is nothing to recall.")
+    claimed = [row for row in candidates if row.state != TaskState.READY]
+    if claimed:
+        session.rollback()
+        raise Conflict(
+            f"Step '{claimed[0].step_name}' was already claimed by {claimed[0].assignee}; ask them to return the dossier instead."
+        )
+    locked, open_rows = dossiers.lock_dossier_with_open_tasks(session, candidates[0].id)
+    task = next((row for row in open_rows if row.id == candidates[0].id), None)
+    if locked is None or task is None or task.state != TaskState.READY:
+        session.rollback()
+        raise Conflict(f"Dossier {code} changed meanwhile; reload and try again.")
+    wf = runtime.load_state(known.spec, locked.workflow_state)
+    earlier = _previous_row(session, wf, locked.id, task)
+    _send_back(session, locked, wf, known.meta, open_rows, earlier, "dossier.recall", task, reason, actor, now)
+    return locked
+
+
+@unit_of_work
+def reset_to_step(session: Session, code: str, step_id: str, reason: str, actor: str, now: datetime) -> DossierRecord:
+    """A leader sends the dossier back to an earlier step, with a reason.
+
+    The latest run of ``step_id`` is opened again to the officer who did it;
+    every open step is cancelled. The step gets a fresh allotment from now;
+    the dossier keeps its legal due date.
+    """
+    reason = _reason_given(reason, "resetting the dossier")
+    record = _record(session, code)
+    if record.status not in ACTIVE:
+        session.rollback()
+        raise Conflict(f"Dossier {code} is '{DossierStatus.LABELS[record.status]}'; only a dossier being handled can be reset.")
+    earlier = session.scalar(
+        _fresh(select(Task).where(Task.dossier_id == record.id, Task.step_id == step_id, Task.state == TaskState.COMPLETED)
+               .order_by(Task.id.desc()).limit(1))
+    )
+    if earlier is None:
+        session.rollback()
+        raise Conflict(f"Step '{step_id}' of dossier {code} has not been done; a dossier can only go back to a step it passed.")
+    home = record.home_agency_id
+    if not any(organisation.holds_role(session, actor, role, agency)
+               for role in LEADER_ROLES for agency in {home, earlier.agency_id} if agency is not None):
+        if home is not None or earlier.agency_id is not None:
+            session.rollback()
+            raise Forbidden(f"{actor} may not reset dossier {code}: it needs the role leader or head_of_unit at its agency.")
+    open_rows = dossiers.open_task_rows(session, record.id)
+    locked, open_rows = dossiers.lock_dossier_with_open_tasks(session, open_rows[0].id) if open_rows else (record, [])
+    if locked is None:
+        session.rollback()
+        raise Conflict(f"Dossier {code} changed meanwhile; reload and try again.")
+    known = services._version_runtime(session, locked.procedure_version_id)
+    wf = runtime.load_state(known.spec, locked.workflow_state)
+    try:
+        wf.get_task_from_id(UUID(earlier.spiff_task_id))
+    except Exception:
+        session.rollback()
+        raise Conflict(f"Step '{earlier.step_name}' can no longer be reached from where the dossier is.") from None
+    _send_back(session, locked, wf, known.meta, open_rows, earlier, "dossier.reset", None, reason, actor, now)
+    return locked
+
+
+@unit_of_work
+def transfer(session: Session, task_id: int, to_username: str, reason: str | None, actor: str, now: datetime) -> Task:
+    """Chuyển xử lý: the officer holding a claimed step hands it to a colleague with the same role there."""
+    task = _task(session, task_id)
+    if task.state != TaskState.CLAIMED:
+        session.rollback()
+        raise Conflict(f"Step '{task.step_name}' is {task.state}; claim it before transferring it.")
+    if task.assignee != actor:
+        session.rollback()
+        raise Forbidden(f"Step '{task.step_name}' is held by {task.assignee}, not {actor}.")
+    if to_username == actor:
+        session.rollback()
+        raise InvalidRequest("Choose a colleague other than yourself.")
+    organisation.officer_by_username(session, to_username)
+    _require_role(session, to_username, [task.role or "officer"], task.agency_id, f"take step '{task.step_name}'")
+    audit = _Audit(actor, now, task.dossier_id)
+    audit.add("task.transfer", task.id, TaskState.CLAIMED, TaskState.CLAIMED, task.step_id,
+              {"from": actor, "to": to_username, "reason": (reason or "").strip()})
+    task.assignee, task.claimed_at = to_username, now
+    dossiers.add_audit(session, audit.rows)
+    session.commit()
+    return task
+
+
+def _reason_given(reason: str | None, what: str) -> str:
+    if not reason or not reason.strip():
+        raise InvalidRequest(f"Give the reason for {what}.")
+    return reason.strip()
+
+
+def _previous_row(session: Session, wf: Any, dossier_id: int, task: Any) -> Task:
+    """The completed task row of the human step before open step ``task``."""
     try:
         previous = runtime.previous_human_task(wf, task.spiff_task_id)
     except runtime.EngineError as err:
@@ -178,26 +299,39 @@ def return_to_previous(session: Session, task_id: int, reason: str, actor: str, 
         session.rollback()
         raise Conflict(f"Step '{task.step_name}' is the first step; there is nothing to return to.")
     earlier = session.scalar(
-        select(Task)
-        .where(Task.dossier_id == record.id, Task.spiff_task_id == previous, Task.state == TaskState.COMPLETED)
-        .order_by(Task.id.desc())
-        .limit(1)
-        .execution_options(populate_existing=True)
+        _fresh(select(Task).where(Task.dossier_id == dossier_id, Task.spiff_task_id == previous, Task.state == TaskState.COMPLETED)
+               .order_by(Task.id.desc()).limit(1))
     )
-    runtime.reset_to(wf, previous)
+    if earlier is None:
+        session.rollback()
+        raise Conflict(f"The step before '{task.step_name}' has no record; it cannot be reopened.")
+    return earlier
+
+
+def _send_back(
+    session: Session, record: DossierRecord, wf: Any, meta: Mapping[str, Any], open_rows: Sequence[Any], earlier: Task,
+    action: str, task: Any | None, reason: str, actor: str, now: datetime,
+) -> None:
+    """Reopen ``earlier`` (to whoever did it), cancel what came after, audit ``action``, commit."""
+    runtime.reset_to(wf, earlier.spiff_task_id)
     audit = _Audit(actor, now, record.id)
-    audit.add("task.return", task.id, task.state, "returned", task.step_id, {"reason": reason.strip(), "to_step": earlier.step_id if earlier else None})
-    dossiers.update_task(session, task.id, {"state": TaskState.CANCELLED, "completed_at": now, "completed_by": actor, "note": reason.strip()})
-    others = [row for row in open_rows if row.id != task.id]
-    services._sync(session, record, wf, known.meta, services.load_calendar(session), audit, others, completed=task)
-    if earlier is not None and earlier.completed_by:
+    details = {"reason": reason, "to_step": earlier.step_id, "to": earlier.completed_by}
+    if task is not None:
+        audit.add(action, task.id, task.state, "returned", task.step_id, details)
+        dossiers.update_task(session, task.id, {"state": TaskState.CANCELLED, "completed_at": now, "completed_by": actor, "note": reason})
+        others = [row for row in open_rows if row.id != task.id]
+    else:
+        audit.add(action, None, str(record.status), str(record.status), record.code,
+                  {**details, "cancelled": [row.step_id for row in open_rows]})
+        others = list(open_rows)
+    services._sync(session, record, wf, meta, services.load_calendar(session), audit, others, completed=task)
+    if earlier.completed_by:
         session.execute(
             update(Task)
-            .where(Task.dossier_id == record.id, Task.spiff_task_id == previous, Task.state == TaskState.READY)
+            .where(Task.dossier_id == record.id, Task.spiff_task_id == earlier.spiff_task_id, Task.state == TaskState.READY)
             .values(state=TaskState.CLAIMED, assignee=earlier.completed_by, claimed_at=now)
         )
     session.commit()
-    return record
 
 
 # ----------------------------------------------------------------- pauses

@@ -188,7 +188,10 @@ def test_full_lien_thong_dossier(province: Session, db_engine: Engine) -> None:
 
     # The forms, filled from the record: the control slip judges each hand-over's step.
     rows = documents.form_context(session, dossier.code, "05", "https://dichvucong.dongnai.gov.vn").slip
-    assert [(r.agency, r.result) for r in rows] == [
+    assert [r.handed_at for r in rows] == sorted(r.handed_at for r in rows)
+    moves = [r for r in rows if r.note.startswith("Lãnh đạo giao lại")]  # the leader's reassignment is on the slip too
+    assert len(moves) == 1 and moves[0].agency == "Văn phòng Đăng ký đất đai tỉnh"
+    assert [(r.agency, r.result) for r in rows if r not in moves] == [
         ("UBND xã Phước An", ""),
         ("Văn phòng Đăng ký đất đai tỉnh", "early"),  # the commune's confirmation, handed on early
         ("Thuế tỉnh Đồng Nai", "late"),  # the land office's survey, late
