@@ -315,6 +315,20 @@ def due_after(calendar: WorkingCalendar, start: datetime, duration: Duration, cu
     return calendar.due_same_day(start, time(hours, minutes))
 
 
+def _deadline(meta: Mapping[str, Any], channel: str | None) -> Duration | None:
+    """The procedure's legal deadline for a dossier that came by ``channel`` (online may have its own)."""
+    if channel == "online" and meta.get("deadline_online_amount"):
+        return _duration(meta.get("deadline_online_amount"), meta.get("deadline_online_unit"))
+    return _duration(meta.get("deadline_amount"), meta.get("deadline_unit"))
+
+
+def _step_allotment(step: Mapping[str, Any], channel: str | None) -> Duration | None:
+    """A step's allotment for a dossier that came by ``channel`` (online may have its own)."""
+    if channel == "online" and step.get("allotment_online_amount"):
+        return _duration(step.get("allotment_online_amount"), step.get("allotment_online_unit"))
+    return _duration(step.get("allotment_amount"), step.get("allotment_unit"))
+
+
 def _duration(amount: str | None, unit: str | None) -> Duration | None:
     if not amount or not unit:
         return None
@@ -379,7 +393,7 @@ def start_dossier(
         raise InvalidRequest(f"The procedure could not start with this data: {_reason(err)}") from err
     calendar = load_calendar(session)
     meta = known.meta
-    deadline = _duration(meta.get("deadline_amount"), meta.get("deadline_unit"))
+    deadline = _deadline(meta, channel)
     code = _next_dossier_code(session, agency_code, now)
     values = {
         "code": code,
@@ -587,7 +601,7 @@ def _sync(
         if spiff_id in known:
             continue
         step = steps.get(human.step_id, {})
-        allotment = _duration(step.get("allotment_amount"), step.get("allotment_unit"))
+        allotment = _step_allotment(step, record.channel)
         agency_id = _resolve_agency(session, tree, record, step, human.step_name)
         due_at = due_after(calendar, now, allotment) if allotment else None
         first_rung = next_rung(calendar, ladder_of(meta), now, due_at, None) if due_at else None

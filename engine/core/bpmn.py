@@ -16,9 +16,9 @@ process designer can act on. Nothing in an uploaded file is ever run here:
 Metadata are key–value *extension properties* (Camunda Modeler / bpmn.io
 properties panel: "Extension properties"; ``camunda:property``,
 ``zeebe:property`` and ``spiffworkflow:property`` are all read). Keys on the
-process: ``code``, ``name``, ``field``, ``level``, ``deadline``, ``cutoff``;
-on a lane: ``role``, ``agency``; on a user/manual task: ``allotment`` (and
-optionally ``role``/``agency`` to override the lane's).
+process: ``code``, ``name``, ``field``, ``level``, ``deadline``, ``deadline_online``,
+``cutoff``; on a lane: ``role``, ``agency``; on a user/manual task: ``allotment``
+(and optionally ``allotment_online``, and ``role``/``agency`` to override the lane's).
 """
 
 from __future__ import annotations
@@ -178,6 +178,8 @@ class StepDefinition:
     agency: str | None
     allotment: Duration | None
     form: tuple[FormField, ...] = ()
+    #: A separate allotment for dossiers filed online (``allotment_online``), if the step declares one.
+    allotment_online: Duration | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -191,6 +193,9 @@ class StepDefinition:
             "allotment": str(self.allotment) if self.allotment else None,
             "allotment_amount": str(self.allotment.amount) if self.allotment else None,
             "allotment_unit": self.allotment.unit if self.allotment else None,
+            "allotment_online": str(self.allotment_online) if self.allotment_online else None,
+            "allotment_online_amount": str(self.allotment_online.amount) if self.allotment_online else None,
+            "allotment_online_unit": self.allotment_online.unit if self.allotment_online else None,
             "form": [f.__dict__ for f in self.form],
         }
 
@@ -211,6 +216,8 @@ class ProcedureDefinition:
     escalation: list[tuple[str, float]] | None
     content_hash: str
     warnings: list[Problem] = field(default_factory=list)
+    #: The legal deadline for dossiers filed online (``deadline_online``), where it differs.
+    deadline_online: Duration | None = None
     spec: Any = None  # runtime.ProcedureSpec
 
     def metadata(self) -> dict[str, Any]:
@@ -224,6 +231,9 @@ class ProcedureDefinition:
             "deadline_amount": str(self.deadline.amount),
             "deadline_unit": self.deadline.unit,
             "cutoff": self.cutoff,
+            "deadline_online": str(self.deadline_online) if self.deadline_online else None,
+            "deadline_online_amount": str(self.deadline_online.amount) if self.deadline_online else None,
+            "deadline_online_unit": self.deadline_online.unit if self.deadline_online else None,
             "financial_obligation": self.financial_obligation,
             "escalation": [list(rung) for rung in self.escalation] if self.escalation else None,
             "process_id": self.process_id,
@@ -400,7 +410,7 @@ def analyse(files: Mapping[str, bytes]) -> tuple[ProcedureDefinition | None, lis
     if main is not None:
         definition = _procedure_metadata(a, main, steps)
         if definition is not None:
-            _check_paths(a, main[0], definition.deadline)
+            _check_paths(a, main[0], definition.deadline, definition.deadline_online)
     if not a.errors and definition is not None:
         spec = _parse_with_spiff(a, definition.process_id)
         if spec is not None and not a.errors:
@@ -577,6 +587,12 @@ def _check_process(a: _Analysis, process: Any, filename: str, steps: dict[str, S
                 allotment = parse_duration(props["allotment"])
             except DurationError as err:
                 a.add(f"Allotment of step '{name}': {err}", element, filename)
+        allotment_online = None
+        if props.get("allotment_online"):
+            try:
+                allotment_online = parse_duration(props["allotment_online"])
+            except DurationError as err:
+                a.add(f"Online allotment of step '{name}': {err}", element, filename)
         steps[step_id] = StepDefinition(
             step_id=step_id,
             name=name,
@@ -587,6 +603,7 @@ def _check_process(a: _Analysis, process: Any, filename: str, steps: dict[str, S
             agency=agency,
             allotment=allotment,
             form=_form_fields(element),
+            allotment_online=allotment_online,
         )
     for element in process.iter(_b("callActivity")):
         called = element.get("calledElement")
@@ -677,6 +694,12 @@ def _procedure_metadata(a: _Analysis, main: tuple[Any, str], steps: dict[str, St
             deadline = parse_duration(props["deadline"])
         except DurationError as err:
             a.add(f"Deadline: {err}", process, filename)
+    deadline_online = None
+    if props.get("deadline_online"):
+        try:
+            deadline_online = parse_duration(props["deadline_online"])
+        except DurationError as err:
+            a.add(f"Online deadline: {err}", process, filename)
     cutoff = props.get("cutoff") or None
     if cutoff is not None:
         parts = cutoff.split(":")
@@ -704,6 +727,7 @@ def _procedure_metadata(a: _Analysis, main: tuple[Any, str], steps: dict[str, St
         financial_obligation=props.get("financial_obligation", "").strip().lower() in ("true", "yes", "có", "1"),
         escalation=ladder,
         content_hash=content_hash(a.files),
+        deadline_online=deadline_online,
     )
 
 
@@ -781,7 +805,9 @@ def _reachable_processes(a: _Analysis, start: str) -> set[str]:
     return seen
 
 
-def _longest_path_hours(a: _Analysis, container: Any, memo: dict[str, Decimal], stack: tuple[str, ...] = ()) -> Decimal:
+def _longest_path_hours(
+    a: _Analysis, container: Any, memo: dict[str, Decimal], stack: tuple[str, ...] = (), online: bool = False
+) -> Decimal:
     """Largest sum of allotments (working hours) along any path, loops cut."""
     nodes = {el.get("id"): el for el in container if isinstance(el.tag, str) and (el.tag in SUPPORTED_FLOW_NODES or el.tag in HUMAN_TASKS)}
     edges: dict[str, list[str]] = defaultdict(list)
@@ -816,41 +842,47 @@ def _longest_path_hours(a: _Analysis, container: Any, memo: dict[str, Decimal], 
     result = Decimal(0)
     best_in: dict[str, Decimal] = defaultdict(Decimal)
     for nid in reversed(order):  # reverse post-order of a DAG is a topological order
-        total = best_in[nid] + _node_hours(a, nodes[nid], memo, stack)
+        total = best_in[nid] + _node_hours(a, nodes[nid], memo, stack, online)
         result = max(result, total)
         for target in dag[nid]:
             best_in[target] = max(best_in[target], total)
     return result
 
 
-def _node_hours(a: _Analysis, el: Any, memo: dict[str, Decimal], stack: tuple[str, ...]) -> Decimal:
+def _node_hours(a: _Analysis, el: Any, memo: dict[str, Decimal], stack: tuple[str, ...], online: bool = False) -> Decimal:
     if el.tag in HUMAN_TASKS:
-        allotment = extension_properties(el).get("allotment")
+        props = extension_properties(el)
+        allotment = (online and props.get("allotment_online")) or props.get("allotment")
         try:
             return parse_duration(allotment).working_hours if allotment else Decimal(0)
         except DurationError:
             return Decimal(0)
     if el.tag == _b("subProcess"):
-        return _longest_path_hours(a, el, memo, stack)
+        return _longest_path_hours(a, el, memo, stack, online)
     if el.tag == _b("callActivity"):
         called = el.get("calledElement")
         if not called or called in stack or called not in a.processes:
             return Decimal(0)
         if called not in memo:
-            memo[called] = _longest_path_hours(a, a.processes[called][0], memo, stack + (called,))
+            memo[called] = _longest_path_hours(a, a.processes[called][0], memo, stack + (called,), online)
         return memo[called]
     return Decimal(0)
 
 
-def _check_paths(a: _Analysis, process: Any, deadline: Duration) -> None:
-    total = _longest_path_hours(a, process, {}, (process.get("id"),))
-    limit = deadline.working_hours
-    if total > limit:
-        a.add(
-            f"Step allotments along the longest path add up to {_fmt_hours(total)}, more than the legal deadline of {deadline} ({_fmt_hours(limit)}); shorten the allotments.",
-            process,
-            a.processes[process.get("id")][1],
-        )
+def _check_paths(a: _Analysis, process: Any, deadline: Duration, deadline_online: Duration | None = None) -> None:
+    """Allotments along the longest path fit the deadline; for online dossiers, with their own allotments."""
+    for online, limit_of in ((False, deadline), (True, deadline_online or deadline)):
+        total = _longest_path_hours(a, process, {}, (process.get("id"),), online)
+        limit = limit_of.working_hours
+        if total > limit:
+            which = "online allotments" if online else "Step allotments"
+            a.add(
+                f"{which[0].upper()}{which[1:]} along the longest path add up to {_fmt_hours(total)}, more than the legal deadline"
+                f"{' for online dossiers' if online else ''} of {limit_of} ({_fmt_hours(limit)}); shorten the allotments.",
+                process,
+                a.processes[process.get("id")][1],
+            )
+            return
 
 
 def _fmt_hours(hours: Decimal) -> str:
