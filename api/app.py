@@ -9,7 +9,7 @@ from flask import Flask, g, jsonify, request
 from flask_smorest import Api
 from sqlalchemy import text
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from engine import config as config_module
 from engine.errors import EngineError
@@ -80,9 +80,9 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
     for module in (auth_routes, procedures, dossiers, tasks, organisation_routes, public):
         api.register_blueprint(module.bp, url_prefix=f"/api/v1{module.PREFIX}")
 
-    from admin import bp as admin_bp
+    import admin
 
-    app.register_blueprint(admin_bp)
+    admin.register(app)
 
     @app.get("/healthz")
     def health() -> Any:
@@ -104,12 +104,16 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
     def engine_error(err: EngineError) -> Any:
         from .problems import from_engine_error
 
+        if admin.wants_page():
+            return admin.web.page_error(err)
         return from_engine_error(err)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Any:
         from .problems import problem
 
+        if admin.wants_page():
+            return admin.web.page_error(err)
         data = getattr(err, "data", None) or {}
         errors = _flatten(data["messages"]) if data.get("messages") else None
         detail = err.description or err.name
@@ -122,6 +126,8 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
         from .problems import problem
 
         log.exception("unhandled error on %s %s", request.method, request.path)
+        if admin.wants_page():
+            return admin.web.page_error(InternalServerError())
         return problem(500, "Lỗi hệ thống; vui lòng thử lại sau. (Internal error; please try again later.)")
 
     @app.before_request
