@@ -6,7 +6,8 @@ One blueprint, ``admin``, split by audience:
 * :mod:`admin.designer` — procedure catalog, diagrams, upload and completing metadata;
 * :mod:`admin.desk` — receiving dossiers, dossier pages, forms, returning results;
 * :mod:`admin.officer` — the inbox, claiming, completing and returning steps;
-* :mod:`admin.citizen` — public lookup by code and secret, rating, feedback.
+* :mod:`admin.citizen` — public lookup by code and secret, rating, feedback;
+* :mod:`admin.supervisor` — on-time figures, bottlenecks, periodic reports, what-if.
 
 :func:`register` adds the blueprint to an app with CSRF protection on every
 page form (the JSON API under ``/api/`` is exempt: it uses bearer tokens).
@@ -46,7 +47,7 @@ from flask import Blueprint, Flask
 
 bp = Blueprint("admin", __name__, template_folder="templates", static_folder="static", static_url_path="/tai-nguyen")
 
-from . import auth, citizen, designer, desk, officer, web  # noqa: E402,F401  (routes register on import)
+from . import auth, citizen, designer, desk, officer, supervisor, web  # noqa: E402,F401  (routes register on import)
 
 __all__ = ["bp", "register", "wants_page"]
 

@@ -77,4 +77,6 @@ def workspace() -> Any:
         return redirect(url_for("admin.inbox"))
     if user.has("designer"):
         return redirect(url_for("admin.catalog"))
+    if user.has("supervisor"):
+        return redirect(url_for("admin.supervision"))
     return redirect(url_for("admin.dossiers"))

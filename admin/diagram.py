@@ -37,6 +37,7 @@ def render(
     titles: Mapping[str, str] | None = None,
     badges: Mapping[str, str] | None = None,
     links: Mapping[str, str] | None = None,
+    heat: Mapping[str, float] | None = None,
     highlight: Iterable[str] = (),
 ) -> Markup | None:
     """The diagram of ``xml`` as inline SVG, or None when it cannot be drawn."""
@@ -45,8 +46,8 @@ def render(
         return None
     try:
         overlay = None
-        if states or titles or badges or links:
-            overlay = module.Overlay(states=dict(states or {}), badges=dict(badges or {}), heat={},
+        if states or titles or badges or links or heat:
+            overlay = module.Overlay(states=dict(states or {}), badges=dict(badges or {}), heat=dict(heat or {}),
                                      titles=dict(titles or {}), links=dict(links or {}))
         svg = module.render_svg(xml, process_id=process_id, overlay=overlay, highlight=list(highlight))
     except Exception as err:  # DiagramError or anything the renderer trips on: show the placeholder
