@@ -167,6 +167,9 @@ def return_to_previous(session: Session, task_id: int, reason: str, actor: str, 
     if record is None or task is None:
         session.rollback()
         raise Conflict(f"Task {task_id} is not an open step.")
+    if task.assignee != actor and task.agency_id is not None and not organisation.holds_role(session, actor, task.role, task.agency_id):
+        session.rollback()
+        raise Forbidden(f"{actor} does not hold the role '{task.role}' at the agency of step '{task.step_name}'.")
     if task.assignee and task.assignee != actor:
         session.rollback()
         raise Conflict(f"Step '{task.step_name}' is claimed by {task.assignee}.")
