@@ -33,7 +33,7 @@ from .core.calendar import VN_TZ, WorkingCalendar
 from .errors import Conflict, EngineError
 from .persistence.models import Agency, Officer, OfficerRole, Procedure, ProcedureVersion
 
-__all__ = ["Arrival", "SimulationPlan", "SimulationReport", "arrival_instants", "simulate"]
+__all__ = ["Arrival", "SimulationPlan", "SimulationReport", "arrival_instants", "form_value", "person_name", "simulate"]
 
 #: Relative arrivals per weekday (Monday first): Mondays are busiest, a
 #: make-up Saturday is quiet; Sunday only sees online filings.
@@ -314,11 +314,13 @@ def _allotment_hours(step: Mapping[str, Any]) -> float:
     return {"working_hours": value, "working_days": value * 8, "calendar_days": value * 8 * 5 / 7}.get(unit or "", 8.0)
 
 
-def _person(rng: random.Random) -> str:
+def person_name(rng: random.Random) -> str:
+    """A Vietnamese full name drawn from common family, middle and given names."""
     return f"{rng.choice(_FAMILY)} {rng.choice(_MIDDLE)} {rng.choice(_GIVEN)}"
 
 
-def _form_value(rng: random.Random, field_def: Mapping[str, Any], plan: SimulationPlan, now: datetime) -> Any:
+def form_value(rng: random.Random, field_def: Mapping[str, Any], plan: SimulationPlan, now: datetime) -> Any:
+    """A plausible value for a step's form field; booleans follow the plan's rework and refusal rates."""
     name, kind = field_def["id"], field_def.get("type", "string")
     if kind == "boolean":
         if name in REWORK_FIELDS:
@@ -337,7 +339,7 @@ def _form_value(rng: random.Random, field_def: Mapping[str, Any], plan: Simulati
     if kind == "enum":
         return rng.choice(("Nam", "Nữ"))
     if name.startswith(("ho_ten", "nguoi")):
-        return _person(rng)
+        return person_name(rng)
     if name.startswith("so_") or name.startswith("ma_"):
         return f"{rng.randint(1, 9999):04d}/{now:%Y}"
     if "dia" in name or "noi" in name:
@@ -406,7 +408,7 @@ def _arrive(world: _World, session: Session, now: datetime, procedure: _Procedur
     desk = arrival.desk or rng.choice(world.communes)
     receptionist = _someone(world, session, desk, "receptionist", rng)
     phone = f"09{rng.randint(10_000_000, 99_999_999)}"
-    applicant = {"name": _person(rng), "phone": phone, "email": None}
+    applicant = {"name": person_name(rng), "phone": phone, "email": None}
     channel = "online" if online else ("post" if rng.random() < 0.03 else "in_person")
     record = services.start_dossier(
         session, procedure.code, {}, actor=receptionist or "simulator", now=now, agency_code=desk,
@@ -509,7 +511,7 @@ def _complete(world: _World, session: Session, now: datetime, case: _Case, task_
             _after_change(world, session, case, now)
             return
     step = meta["steps"].get(task.step_id, {})
-    data = {f["id"]: _form_value(rng, f, plan, now) for f in step.get("form", []) if f.get("required") or rng.random() < 0.5}
+    data = {f["id"]: form_value(rng, f, plan, now) for f in step.get("form", []) if f.get("required") or rng.random() < 0.5}
     record = services.complete_task(session, task_id, data, officer, now)
     world.report.counts["completed_steps"] += 1
     if task.due_at is not None and now > task.due_at:
