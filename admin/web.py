@@ -191,6 +191,8 @@ def say(err: EngineError, what: str) -> str:
         return f"Không thể {what}: không tìm thấy đối tượng cần xử lý."
     if isinstance(err, Conflict):
         text = err.message
+        if any(ord(c) > 127 for c in text):  # already Vietnamese: the precise reason
+            return f"Không thể {what}: {text}"
         if "first step" in text:
             return f"Không thể {what}: đây là bước đầu tiên, không có bước trước để trả lại."
         if "paused" in text:

@@ -74,10 +74,11 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
     app.extensions["motcua.sessions"] = make_session_factory(engine)
 
     api = Api(app)
-    from . import auth_routes, dossiers, procedures, public, tasks
+    from . import auth_routes, dossiers, fees, procedures, public, reports, results, tasks
     from . import organisation as organisation_routes
+    from . import portal as portal_routes
 
-    for module in (auth_routes, procedures, dossiers, tasks, organisation_routes, public):
+    for module in (auth_routes, procedures, dossiers, tasks, organisation_routes, public, reports, portal_routes, results, fees):
         api.register_blueprint(module.bp, url_prefix=f"/api/v1{module.PREFIX}")
 
     import admin
@@ -135,10 +136,12 @@ def create_app(settings: config_module.Settings | None = None, **overrides: Any)
         """No text the engine stores may hold a NUL character (PostgreSQL refuses them)."""
         from .problems import problem
 
-        body = request.get_data(cache=True) if (request.content_length or 0) <= MAX_REQUEST_BYTES else b""
-        if "\x00" in request.path or b"%00" in request.query_string or b"\\u0000" in body or b"\x00" in body:
+        multipart = request.mimetype == "multipart/form-data"  # uploaded files are binary (PDF, BPMN): only text fields are checked
+        body = request.get_data(cache=True) if not multipart and (request.content_length or 0) <= MAX_REQUEST_BYTES else b""
+        fields = "".join(request.form.values()) if multipart else ""
+        if "\x00" in request.path or b"%00" in request.query_string or b"\\u0000" in body or b"\x00" in body or "\x00" in fields:
             if request.path.startswith("/api/"):
-                return problem(400, "NUL characters (\\u0000) are not allowed in requests.")
+                return problem(400, "Yêu cầu không được chứa ký tự NUL (\\u0000). (NUL characters are not allowed in requests.)")
         return None
 
     @app.after_request

@@ -172,6 +172,17 @@ class PublicStepOut(Schema):
     result_label = fields.String(allow_none=True, metadata={"description": "Trước hạn / Đúng hạn / Trễ hạn"})
 
 
+class ResultSignatureOut(Schema):
+    """Whether the returned result's digital signature checks."""
+
+    valid = fields.Boolean(required=True)
+    label = fields.String(required=True)
+    signer = fields.String(allow_none=True)
+    signed_at = fields.AwareDateTime(allow_none=True)
+    reasons = fields.List(fields.String(), required=True)
+    verified_at = fields.AwareDateTime(allow_none=True)
+
+
 class PublicDossierOut(Schema):
     """A dossier as the public sees it: progress only, no personal data."""
 
@@ -188,6 +199,7 @@ class PublicDossierOut(Schema):
     steps = fields.List(fields.Nested(PublicStepOut), required=True)
     rated = fields.Boolean(required=True)
     can_rate = fields.Boolean(required=True)
+    result_signature = fields.Nested(ResultSignatureOut, allow_none=True)
 
 
 class RatingOut(Schema):

@@ -484,5 +484,32 @@ def demo(ctx: click.Context, host: str, port: int, no_serve: bool, simulated: in
         ctx.invoke(serve, host=host, port=port, with_worker=True)
 
 
+@main.command("soak")
+@click.option("--url", default="http://127.0.0.1:5000", show_default=True, help="The running server (http://127.0.0.1 only).")
+@click.option("--seconds", default=60.0, show_default=True, type=click.FloatRange(min=1, max=86_400), help="Length of the run.")
+@click.option("--clients", default=6, show_default=True, type=click.IntRange(1, 64), help="Client threads.")
+@click.option("--seed", default=2026, show_default=True, type=int)
+@click.option("--password", envvar="MOTCUA_SOAK_PASSWORD", default="motcua-demo", show_default=True,
+              help="Password of the demo accounts.")
+def soak_command(url: str, seconds: float, clients: int, seed: int, password: str) -> None:
+    """Drive one-stop work over HTTP against a running server; print the report as JSON.
+
+    Exit 1 on any 5xx, unexpected 4xx or broken connection.
+    """
+    from . import soak
+
+    def progress(elapsed: float, requests: int, dossiers: int) -> None:
+        click.echo(f"{elapsed:6.0f} s {requests:8d} requests {dossiers:6d} dossiers", err=True)
+
+    try:
+        report = soak.run(url, password, seconds, seed, clients=clients, progress=progress)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+    click.echo(report.table(), err=True)
+    click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    if not report.ok:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -51,6 +51,21 @@ class Settings:
     outbox_interval: str = "15"
     #: Log SQL statements.
     echo_sql: bool = False
+    #: National public service portal (Cổng DVC quốc gia): the token it sends when filing
+    #: dossiers (empty: intake refused), where status changes are pushed (empty: not pushed),
+    #: the token sent there, whether every dossier (not only portal ones) is pushed, and
+    #: seconds between two passes of the portal feeder.
+    portal_token: str = ""
+    portal_push_url: str = ""
+    portal_push_token: str = ""
+    portal_push_all: bool = False
+    portal_interval: str = "15"
+    #: PEM bundle of the certificates trusted for signed result documents (roots, and
+    #: intermediates the province trusts on their own); empty: no signature is trusted.
+    trusted_ca_file: str = ""
+    #: Shared secret of the payment gateway: its callbacks carry the HMAC-SHA256 of the
+    #: raw body under this secret (empty: payment callbacks are refused).
+    payment_secret: str = ""
 
     def resolved(self) -> "Settings":
         instance = self.instance_path or _default_instance()

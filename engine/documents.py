@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import forms, services
+from . import fees, forms, services
 from .errors import Conflict, InvalidRequest
 from .persistence.models import (
     Agency,
@@ -58,6 +58,7 @@ def form_context(session: Session, code: str, form: str, public_url: str) -> for
         "due_at": dossier.due_at,
         "receiver": _name(session, receipt.actor if receipt else None),
         "lookup_url": f"{public_url.rstrip('/')}/tra-cuu?ma={dossier.code}",
+        "fees": fees.form_fee_lines(session, dossier.id),
         "documents": tuple((str(d.get("name")), int(d.get("copies", 1))) for d in dossier.data.get("documents", []) if isinstance(d, dict)),
     }
     if form == "02":

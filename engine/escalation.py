@@ -67,7 +67,7 @@ def sweep(sessions: Callable[[], Session], now: datetime, batch: int = 1000) -> 
             .limit(batch)
         )
         if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(of=Task, skip_locked=True)
+            query = query.with_for_update(of=Task, skip_locked=True, key_share=True)
         due = session.execute(query).all()
         calendar = services.load_calendar(session)
         for row in due:
@@ -113,7 +113,8 @@ def _fire_due_rungs(
 def _record(session: Session, task_id: int, level: str, due: datetime, now: datetime) -> int:
     """Record a fired rung, queue its messages and audit it; the number of messages."""
     task = session.get(Task, task_id, populate_existing=True)
-    dossier = session.get(Dossier, task.dossier_id)
+    # Only the columns needed: a sweep never loads a dossier's workflow state.
+    dossier = session.execute(select(Dossier.id, Dossier.code).where(Dossier.id == task.dossier_id)).one()
     session.add(Escalation(task_id=task.id, dossier_id=dossier.id, level=level, due_at=due, state="fired", fired_at=now))
     recipients = _recipients(session, level, task)
     due_text = task.due_at.astimezone(VN_TZ).strftime("%H:%M ngày %d/%m/%Y") if task.due_at else "—"

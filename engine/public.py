@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import results
 from .auth import TooManyAttempts
 from .errors import Conflict, InvalidRequest, NotFound
 from .persistence.db import unit_of_work
@@ -209,6 +210,25 @@ def public_view(session: Session, dossier_id: int) -> dict[str, Any]:
         "steps": steps,
         "rated": rated,
         "can_rate": dossier.status == DossierStatus.RETURNED and not rated,
+        "result_signature": _result_signature(session, dossier) if dossier.status == DossierStatus.RETURNED else None,
+    }
+
+
+SIGNATURE_LABELS = {True: "Chữ ký số hợp lệ", False: "Chữ ký số không hợp lệ"}
+
+
+def _result_signature(session: Session, dossier: Dossier) -> dict[str, Any] | None:
+    """Whether the returned result document's digital signature checks (as verified on upload)."""
+    document = results.latest_result(session, dossier.id)
+    if document is None:
+        return None
+    return {
+        "valid": document.signature_valid,
+        "label": SIGNATURE_LABELS[bool(document.signature_valid)],
+        "signer": document.signer,
+        "signed_at": document.signed_at,
+        "reasons": list(document.reasons or []),
+        "verified_at": document.verified_at,
     }
 
 

@@ -1,4 +1,8 @@
-"""Background jobs (APScheduler): the deadline sweep and the outbox sender.
+"""Background jobs (APScheduler): the deadline sweep, the outbox sender and the portal feeder.
+
+The portal feeder (:func:`engine.portal.feed`) runs when a push URL is
+configured (``MOTCUA_PORTAL_PUSH_URL``); it only queues messages, which the
+outbox sender delivers through the ``portal`` channel.
 
 Each job is a sweep over indexed rows, never one scheduled job per task, and
 several worker processes may run them at once against one PostgreSQL.
@@ -8,17 +12,20 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.orm import Session
 
-from . import escalation
+from . import config, escalation
 from .core.calendar import VN_TZ
 
-__all__ = ["build_scheduler", "run_sweep"]
+if TYPE_CHECKING:
+    from . import portal
+
+__all__ = ["build_scheduler", "run_portal_feed", "run_sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,26 @@ def run_sweep(sessions: Callable[[], Session], clock: Callable[[], datetime] = _
     return report
 
 
+def run_portal_feed(
+    sessions: Callable[[], Session], clock: Callable[[], datetime] = _now, push_all: bool = False, batch: int = 500
+) -> "portal.FeedReport":
+    """The portal feeder at the clock's current time: passes until the backlog is read (at most 20)."""
+    from . import portal
+
+    total = portal.FeedReport()
+    for _ in range(20):
+        report = portal.feed(sessions, clock(), push_all=push_all, batch=batch)
+        total.read += report.read
+        total.queued += report.queued
+        total.gaps_skipped += report.gaps_skipped
+        total.waiting, total.cursor = report.waiting, max(total.cursor, report.cursor)
+        if report.read < batch or report.waiting:
+            break
+    if total.queued:
+        log.info("portal feed: %s events read, %s messages queued, cursor %s", total.read, total.queued, total.cursor)
+    return total
+
+
 def build_scheduler(
     sessions: Callable[[], Session],
     deliver: Callable[[datetime], object] | None = None,
@@ -42,16 +69,24 @@ def build_scheduler(
     deliver_seconds: int = 15,
     clock: Callable[[], datetime] = _now,
     background: bool = False,
+    settings: config.Settings | None = None,
 ) -> BaseScheduler:
     """A scheduler with the sweep (and, given ``deliver``, the outbox sender).
 
     ``background``: run in threads beside a web server instead of blocking.
+    ``settings`` (default: the ``MOTCUA_*`` environment): with a
+    ``portal_push_url`` the portal feeder runs every ``portal_interval`` seconds.
     """
+    settings = settings if settings is not None else config.load()
     scheduler: BaseScheduler = BackgroundScheduler(timezone=VN_TZ) if background else BlockingScheduler(timezone=VN_TZ)
     # Jobs first run at once by the wall clock; ``clock`` is what the jobs take as "now".
     scheduler.add_job(run_sweep, "interval", seconds=sweep_seconds, args=[sessions, clock], id="escalation-sweep",
                       max_instances=1, coalesce=True, next_run_time=_now())
     if deliver is not None:
         scheduler.add_job(lambda: deliver(clock()), "interval", seconds=deliver_seconds, id="outbox-sender",
+                          max_instances=1, coalesce=True, next_run_time=_now())
+    if settings.portal_push_url:
+        scheduler.add_job(run_portal_feed, "interval", seconds=int(settings.portal_interval or 15),
+                          args=[sessions, clock, settings.portal_push_all], id="portal-feeder",
                           max_instances=1, coalesce=True, next_run_time=_now())
     return scheduler

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import notify, organisation
+from . import fees, notify, organisation, results, workflow_cache
 from .core import bpmn, runtime
 from .core.assignment import AgencyTree, AssignmentError
 from .core.calendar import VN_TZ, WorkingCalendar
@@ -386,7 +387,7 @@ def start_dossier(
     version_id, _number = found
     known = _version_runtime(session, version_id)
     try:
-        wf = runtime.start_workflow(known.spec, dict(data))
+        wf = runtime.start_workflow(known.spec, copy.deepcopy(dict(data)))
     except runtime.EngineError as err:
         raise InvalidRequest(str(err)) from err
     except Exception as err:  # a condition failing on the given data, etc.
@@ -423,9 +424,22 @@ def start_dossier(
             session, record, "dossier.received", f"Hồ sơ {code} đã được tiếp nhận",
             f"Hồ sơ {code} đã được tiếp nhận; hẹn trả kết quả {record.due_at.astimezone(VN_TZ):%H:%M ngày %d/%m/%Y}.", now,
         )
+    fees.on_receipt(session, record, meta, now, audit=audit)  # fees due; may hold the dossier until they are paid
     _sync(session, record, wf, meta, calendar, audit, [], completed=None, tree=tree)
     session.commit()
+    workflow_cache.keep(_cache_key(session, record.id), record.workflow_state, wf)
     return record
+
+
+def _cache_key(session: Session, dossier_id: int) -> tuple[str, int]:
+    """Key of a dossier's live workflow in :mod:`engine.workflow_cache`."""
+    return (str(session.get_bind().url), dossier_id)
+
+
+def _live_workflow(session: Session, known: "_VersionRuntime", record: DossierRecord) -> Any:
+    """The dossier's workflow as stored in ``record``: kept from the last step, or restored."""
+    wf = workflow_cache.take(_cache_key(session, record.id), record.workflow_state)
+    return wf if wf is not None else runtime.load_state(known.spec, record.workflow_state)
 
 
 def get_dossier(session: Session, code: str) -> Dossier:
@@ -496,12 +510,13 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
         name = session.scalar(select(Task.step_name).where(Task.id == task_id))
         session.rollback()
         raise Conflict(f"Step '{name}' of dossier {record.code} is already {state}.")
+    # Someone without the step's role there is refused before learning who holds it.
+    if task.agency_id is not None and task.assignee != actor and not organisation.holds_role(session, actor, task.role, task.agency_id):
+        session.rollback()
+        raise Forbidden(f"{actor} does not hold the role '{task.role}' at the agency of step '{task.step_name}'.")
     if task.assignee and task.assignee != actor:
         session.rollback()
         raise Conflict(f"Step '{task.step_name}' is claimed by {task.assignee}.")
-    if task.agency_id is not None and not task.assignee and not organisation.holds_role(session, actor, task.role, task.agency_id):
-        session.rollback()
-        raise Forbidden(f"{actor} does not hold the role '{task.role}' at the agency of step '{task.step_name}'.")
     if record.paused_at is not None:
         session.rollback()
         raise Conflict(f"Dossier {record.code} is paused ({record.pause_reason}); resume it first.")
@@ -509,8 +524,9 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
     meta = known.meta
     try:
         _check_form(meta, task.step_id, data)
-        wf = runtime.load_state(known.spec, record.workflow_state)
-        runtime.complete_task(wf, task.spiff_task_id, dict(data))
+        results.check_before_completion(session, meta, task, now=now)  # a signed result, where the step asks for one
+        wf = _live_workflow(session, known, record)
+        runtime.complete_task(wf, task.spiff_task_id, copy.deepcopy(dict(data)))
     except runtime.EngineError as err:
         session.rollback()
         raise Conflict(str(err)) from err
@@ -521,15 +537,15 @@ def complete_task(session: Session, task_id: int, data: Mapping[str, Any], actor
         session.rollback()
         raise InvalidRequest(f"Step '{task.step_name}' could not be completed: {_reason(err)}") from err
     result = judge(now, task.due_at)
-    dossiers.update_task(
-        session, task.id, {"state": TaskState.COMPLETED, "completed_at": now, "completed_by": actor, "result": result}
-    )
+    writes = dossiers.Writes()
+    writes.update_task(task.id, {"state": TaskState.COMPLETED, "completed_at": now, "completed_by": actor, "result": result})
     record.data = {**record.data, **dict(data)}
     audit = _Audit(actor, now, record.id)
     audit.add("task.complete", task.id, task.state, TaskState.COMPLETED, task.step_id, {"data": dict(data), "result": result})
     still_open = [row for row in open_rows if row.id != task.id]
-    _sync(session, record, wf, meta, load_calendar(session), audit, still_open, completed=task)
+    _sync(session, record, wf, meta, load_calendar(session), audit, still_open, completed=task, writes=writes)
     session.commit()
+    workflow_cache.keep(_cache_key(session, record.id), record.workflow_state, wf)
     return record
 
 
@@ -555,20 +571,23 @@ class _Audit:
         to_state: str | None,
         subject: str | None,
         details: Mapping[str, Any] | None = None,
+        new_task: str | None = None,
     ) -> None:
-        self.rows.append(
-            {
-                "at": self.now,
-                "actor": self.actor,
-                "action": action,
-                "dossier_id": self.dossier_id,
-                "task_id": task_id,
-                "subject": subject,
-                "from_state": from_state,
-                "to_state": to_state,
-                "details": dict(details or {}),
-            }
-        )
+        """One row; ``new_task`` (a Spiff task id) names a task row inserted in the same batch of writes."""
+        row = {
+            "at": self.now,
+            "actor": self.actor,
+            "action": action,
+            "dossier_id": self.dossier_id,
+            "task_id": task_id,
+            "subject": subject,
+            "from_state": from_state,
+            "to_state": to_state,
+            "details": dict(details or {}),
+        }
+        if new_task is not None:
+            row["new_task"] = new_task
+        self.rows.append(row)
 
 
 def _sync(
@@ -581,12 +600,16 @@ def _sync(
     open_rows: Sequence[Any],
     completed: Any | None,
     tree: AgencyTree | None = None,
+    writes: dossiers.Writes | None = None,
 ) -> None:
     """Store the workflow state, make the task rows match its ready steps, audit it all.
 
     ``completed`` is the task row just completed (None at receipt): a new step
-    at another agency is a hand-over (liên thông) from it.
+    at another agency is a hand-over (liên thông) from it. ``writes`` may hold
+    writes of the caller's to send with these (one round trip on PostgreSQL);
+    everything is written when this returns.
     """
+    writes = writes if writes is not None else dossiers.Writes()
     now = audit.now
     step_completed = completed is not None
     record.workflow_state = runtime.dump_state(wf)
@@ -594,7 +617,7 @@ def _sync(
     known = {row.spiff_task_id: row for row in open_rows}
     for spiff_id, row in known.items():
         if spiff_id not in ready:  # cancelled by the workflow (e.g. a branch was cut)
-            dossiers.update_task(session, row.id, {"state": TaskState.CANCELLED, "completed_at": now})
+            writes.update_task(row.id, {"state": TaskState.CANCELLED, "completed_at": now})
             audit.add("task.cancel", row.id, row.state, TaskState.CANCELLED, row.step_id)
     steps = meta.get("steps", {})
     for spiff_id, human in ready.items():
@@ -605,8 +628,7 @@ def _sync(
         agency_id = _resolve_agency(session, tree, record, step, human.step_name)
         due_at = due_after(calendar, now, allotment) if allotment else None
         first_rung = next_rung(calendar, ladder_of(meta), now, due_at, None) if due_at else None
-        task_id = dossiers.insert_task(
-            session,
+        writes.insert_task(
             {
                 "dossier_id": record.id,
                 "spiff_task_id": spiff_id,
@@ -627,20 +649,19 @@ def _sync(
                 "escalation_at": first_rung[1] if first_rung else None,
             },
         )
-        audit.add("task.ready", task_id, None, TaskState.READY, human.step_id, {"agency_id": agency_id})
+        audit.add("task.ready", None, None, TaskState.READY, human.step_id, {"agency_id": agency_id}, new_task=spiff_id)
         source = completed.agency_id if completed is not None else record.receiving_agency_id
         if agency_id is not None and source is not None and source != agency_id:
-            dossiers.add_handover(
-                session,
+            writes.add_handover(
                 {
                     "dossier_id": record.id,
                     "from_agency_id": source,
                     "to_agency_id": agency_id,
                     "from_task_id": completed.id if completed is not None else None,
-                    "to_task_id": task_id,
                     "sent_by": audit.actor,
                     "sent_at": now,
                 },
+                to_spiff_task_id=spiff_id,
             )
     if wf.is_completed():
         _set_status(record, DossierStatus.PROCESSED, "processed", audit)
@@ -651,10 +672,11 @@ def _sync(
         )
     elif step_completed and record.status == DossierStatus.RECEIVED:
         _set_status(record, DossierStatus.PROCESSING, "processing", audit)
-    if not dossiers.save_dossier(session, record, now):
+    writes.save_dossier(record, now)
+    writes.add_audit(audit.rows)
+    if not writes.flush(session):
         session.rollback()
         raise Conflict(f"Dossier {record.code} changed meanwhile; reload and try again.")
-    dossiers.add_audit(session, audit.rows)
 
 
 #: Channels a dossier can come in by.

@@ -141,7 +141,7 @@ def test_wrong_secret_and_unknown_code_answer_alike(world: World) -> None:
     unknown = _lookup(world.client, "000.17.22.H19-260302-9999", SECRET)
     no_phone = _lookup(world.client, world.no_phone, "0000")
     nul = _lookup(world.client, "abc\x00def", SECRET)  # NUL never reaches PostgreSQL: refused for any code alike
-    assert _assert_problem(nul, 400)["detail"].startswith("NUL characters")
+    assert "NUL" in _assert_problem(nul, 400)["detail"]
     long = _lookup(world.client, "9" * 500, SECRET)
     body = _assert_problem(wrong, 404)
     assert body["detail"] == NOT_FOUND

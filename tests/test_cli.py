@@ -19,7 +19,7 @@ from .conftest import CORPUS, FIXTURES
 
 def motcua(tmp_path: Path, *args: str, db_url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MOTCUA_DATABASE_URL": db_url or f"sqlite:///{tmp_path / 'cli.sqlite3'}"}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
 
 def test_init_deploy_start_complete(tmp_path: Path) -> None:
@@ -106,10 +106,13 @@ def test_serve_answers_health_over_real_http(tmp_path: Path) -> None:
 
 
 def test_demo_sets_up_the_bundled_procedures_and_the_home_page_lists_them(tmp_path: Path) -> None:
-    result = motcua(tmp_path, "demo", "--no-serve")
+    result = motcua(tmp_path, "demo", "--no-serve", "--simulated", "30")
     assert result.returncode == 0, result.stderr
     assert "2.000815 version 1" in result.stdout
     assert "dong-nai.yaml: 10 agencies, 33 officers" in result.stdout
+    assert '"received": 30' in result.stdout and "30/30 hồ sơ (100 %)" in result.stderr  # a simulated quarter of history
+    again = motcua(tmp_path, "demo", "--no-serve", "--simulated", "30")
+    assert again.returncode == 0 and '"received"' not in again.stdout  # run twice: no second history
     from api.app import create_app
     from engine import config
 

@@ -180,6 +180,8 @@ class StepDefinition:
     form: tuple[FormField, ...] = ()
     #: A separate allotment for dossiers filed online (``allotment_online``), if the step declares one.
     allotment_online: Duration | None = None
+    #: The step's result document must carry a valid digital signature (``signed_result``).
+    signed_result: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +199,7 @@ class StepDefinition:
             "allotment_online_amount": str(self.allotment_online.amount) if self.allotment_online else None,
             "allotment_online_unit": self.allotment_online.unit if self.allotment_online else None,
             "form": [f.__dict__ for f in self.form],
+            "signed_result": self.signed_result,
         }
 
 
@@ -218,6 +221,8 @@ class ProcedureDefinition:
     warnings: list[Problem] = field(default_factory=list)
     #: The legal deadline for dossiers filed online (``deadline_online``), where it differs.
     deadline_online: Duration | None = None
+    #: The raw ``fees`` and ``fees_before_processing`` properties (read by :mod:`engine.fees`).
+    fee_properties: dict[str, str | None] = field(default_factory=dict)
     spec: Any = None  # runtime.ProcedureSpec
 
     def metadata(self) -> dict[str, Any]:
@@ -234,6 +239,7 @@ class ProcedureDefinition:
             "deadline_online": str(self.deadline_online) if self.deadline_online else None,
             "deadline_online_amount": str(self.deadline_online.amount) if self.deadline_online else None,
             "deadline_online_unit": self.deadline_online.unit if self.deadline_online else None,
+            **self.fee_properties,
             "financial_obligation": self.financial_obligation,
             "escalation": [list(rung) for rung in self.escalation] if self.escalation else None,
             "process_id": self.process_id,
@@ -604,6 +610,7 @@ def _check_process(a: _Analysis, process: Any, filename: str, steps: dict[str, S
             allotment=allotment,
             form=_form_fields(element),
             allotment_online=allotment_online,
+            signed_result=props.get("signed_result", "").strip().casefold() in ("true", "1", "yes", "có"),
         )
     for element in process.iter(_b("callActivity")):
         called = element.get("calledElement")
@@ -728,6 +735,7 @@ def _procedure_metadata(a: _Analysis, main: tuple[Any, str], steps: dict[str, St
         escalation=ladder,
         content_hash=content_hash(a.files),
         deadline_online=deadline_online,
+        fee_properties={"fees": props.get("fees") or None, "fees_before_processing": props.get("fees_before_processing") or None},
     )
 
 

@@ -156,6 +156,8 @@ class FormContext:
     signer_title: str | None = None
     issued_at: datetime | None = None
     slip: tuple[SlipRow, ...] = ()
+    #: Fees due and paid (phí, lệ phí), one line each, for form 01.
+    fees: tuple[str, ...] = ()
 
 
 def _local(value: datetime) -> datetime:

@@ -36,6 +36,8 @@ __all__ = [
     "DeliveryError",
     "HttpGatewayChannel",
     "LogChannel",
+    "ORDERED_CHANNELS",
+    "PortalChannel",
     "SmtpChannel",
     "channels_from_settings",
     "mask_recipient",
@@ -45,7 +47,15 @@ __all__ = [
 logger = logging.getLogger("engine.notify")
 
 #: The channel names an outbox message may carry.
-CHANNEL_NAMES: frozenset[str] = frozenset({"email", "sms", "zalo", "log"})
+CHANNEL_NAMES: frozenset[str] = frozenset({"email", "sms", "zalo", "log", "portal"})
+
+#: Channels delivered in order per dossier: a message waits while an earlier one
+#: of the same dossier is unsent (see :func:`engine.notify.deliver_due`).
+ORDERED_CHANNELS: frozenset[str] = frozenset({"portal"})
+
+#: Channels that fall back to a :class:`LogChannel` when not configured. The
+#: portal never does: its messages wait in the outbox until a push URL is set.
+_LOGGED_WHEN_UNSET = ("email", "sms", "zalo", "log")
 
 #: Settings read by :func:`channels_from_settings` (declare them as ``MOTCUA_<KEY>``).
 SETTINGS_KEYS: tuple[str, ...] = (
@@ -64,6 +74,8 @@ SETTINGS_KEYS: tuple[str, ...] = (
     "gateway_token",
     "gateway_timeout",
     "message_id_domain",
+    "portal_push_url",
+    "portal_push_token",
 )
 
 _MAX_ERROR_BODY = 300
@@ -313,6 +325,30 @@ class HttpGatewayChannel:
         return f"HttpGatewayChannel(name={self.name!r}, url={self.url!r})"
 
 
+class PortalChannel(HttpGatewayChannel):
+    """Status changes to the national public service portal (Cổng DVC quốc gia).
+
+    The message body is already the portal's JSON document (built by
+    :mod:`engine.portal`); it is POSTed as it is, with
+    ``Idempotency-Key: outbox-<id>``. Statuses are read as for any gateway.
+    """
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10, name: str = "portal") -> None:
+        super().__init__(name, url, token=token, timeout=timeout)
+
+    def payload(self, message: OutboxMessage) -> dict[str, Any]:
+        try:
+            document = json.loads(message.body or "")
+        except ValueError as exc:
+            raise DeliveryError(f"portal message is not JSON: {exc}", permanent=True) from exc
+        if not isinstance(document, dict):
+            raise DeliveryError("portal message is not a JSON object", permanent=True)
+        return document
+
+    def __repr__(self) -> str:
+        return f"PortalChannel(url={self.url!r})"
+
+
 def _as_mapping(settings: Mapping[str, Any] | Any) -> Mapping[str, Any]:
     if isinstance(settings, Mapping):
         return settings
@@ -328,7 +364,7 @@ def _flag(value: Any) -> bool:
 
 
 def channels_from_settings(settings: Mapping[str, Any] | Any) -> dict[str, Channel]:
-    """Channels for ``email``, ``sms``, ``zalo`` and ``log`` from plain settings.
+    """Channels for ``email``, ``sms``, ``zalo``, ``log`` (and ``portal``) from plain settings.
 
     ``settings`` is a mapping (or a settings dataclass) with the lower-case
     keys of :data:`SETTINGS_KEYS`; empty values count as missing (and a port
@@ -336,10 +372,11 @@ def channels_from_settings(settings: Mapping[str, Any] | Any) -> dict[str, Chann
     implicit TLS; 10 seconds). A channel
     without its settings (no ``smtp_host``, no ``sms_gateway_url`` …) falls
     back to a :class:`LogChannel` of that name. A half-configured channel
-    (e.g. a host but no sender) raises ``ValueError``.
+    (e.g. a host but no sender) raises ``ValueError``. ``portal`` is present
+    only with a ``portal_push_url``: unconfigured, portal messages stay queued.
     """
     cfg = {k: v for k, v in _as_mapping(settings).items() if v not in (None, "")}
-    channels: dict[str, Channel] = {name: LogChannel(name) for name in sorted(CHANNEL_NAMES)}
+    channels: dict[str, Channel] = {name: LogChannel(name) for name in sorted(_LOGGED_WHEN_UNSET)}
     if "smtp_host" in cfg:
         use_ssl = _flag(cfg.get("smtp_ssl", False))
         starttls = _flag(cfg.get("smtp_starttls", False))
@@ -363,4 +400,10 @@ def channels_from_settings(settings: Mapping[str, Any] | Any) -> dict[str, Chann
                 token=cfg.get(f"{name}_gateway_token", cfg.get("gateway_token")),
                 timeout=float(cfg.get("gateway_timeout") or 10),
             )
+    if cfg.get("portal_push_url"):
+        channels["portal"] = PortalChannel(
+            str(cfg["portal_push_url"]),
+            token=cfg.get("portal_push_token"),
+            timeout=float(cfg.get("gateway_timeout") or 10),
+        )
     return channels

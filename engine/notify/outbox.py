@@ -26,6 +26,16 @@ Delivering
        ``last_error``), or ``failed`` on a permanent error or once
        ``attempts`` reaches ``max_attempts``.
 
+Ordered channels
+    Messages of an ordered channel (:data:`ORDERED_CHANNELS`: the national
+    portal) are delivered **in order per dossier**: a message is claimed only
+    when every earlier message of the same dossier and channel is ``sent``
+    or claimed in the same pass, in id order. When one of them fails (retry
+    or give-up), the later ones claimed with it are handed back unsent; a
+    ``failed`` message holds the dossier's later messages until it is retried
+    (``engine.portal.retry_failed``). Transient errors of an ordered channel are
+    retried up to :data:`ORDERED_MAX_ATTEMPTS` times (at least ``max_attempts``).
+
 Guarantees
     Two senders never claim the same message at the same time, so in normal
     operation each message is sent once. Delivery is **at-least-once** when a
@@ -49,17 +59,18 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, Table, and_, select, update
+from sqlalchemy import CursorResult, Table, and_, exists, not_, select, update
 from sqlalchemy.orm import Session
 
 from engine.persistence.models import OutboxMessage
 
-from .channels import CHANNEL_NAMES, Channel, DeliveryError
+from .channels import CHANNEL_NAMES, ORDERED_CHANNELS, Channel, DeliveryError
 
 __all__ = [
     "BACKOFF_BASE",
     "BACKOFF_CAP",
     "LEASE",
+    "ORDERED_MAX_ATTEMPTS",
     "DeliveryReport",
     "SessionFactory",
     "StopEvent",
@@ -78,6 +89,10 @@ LEASE = timedelta(minutes=5)
 BACKOFF_BASE = timedelta(minutes=1)
 #: … up to this.
 BACKOFF_CAP = timedelta(hours=6)
+
+#: Tries of an ordered-channel message before transient errors count as failure
+#: (with the 6-hour cap, about a week): a failed message blocks its dossier's later ones.
+ORDERED_MAX_ATTEMPTS = 40
 
 _MAX_ERROR = 2000
 _TABLE = cast(Table, OutboxMessage.__table__)
@@ -179,6 +194,66 @@ def _detached(row: Any, **changes: Any) -> OutboxMessage:
     return OutboxMessage(**values)
 
 
+def _limit(channel: str, max_attempts: int) -> int:
+    """Attempts a message of ``channel`` gets before a transient error fails it."""
+    return max(max_attempts, ORDERED_MAX_ATTEMPTS) if channel in ORDERED_CHANNELS else max_attempts
+
+
+def _due(t: Table, now: datetime) -> Any:
+    return and_(t.c.state.in_(("pending", "sending")), t.c.next_attempt_at <= now)
+
+
+def _ordered_candidates(session: Session, names: list[str], now: datetime, batch: int) -> list[Any]:
+    """Due messages of ordered channels whose earlier messages are all sent or due, oldest first,
+    cut to the prefix of each dossier's unsent messages (see the module doc)."""
+    t = _TABLE
+    earlier = t.alias("earlier")
+    blocked = exists().where(
+        earlier.c.channel == t.c.channel,
+        earlier.c.dossier_id == t.c.dossier_id,
+        earlier.c.id < t.c.id,
+        earlier.c.state != "sent",
+        not_(_due(earlier, now)),
+    )
+    query = (
+        select(t)
+        .where(_due(t, now), t.c.channel.in_(names), not_(blocked))
+        .order_by(t.c.id)
+        .limit(batch)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=t, skip_locked=True)
+    rows = session.execute(query).all()
+    keyed = {(row.channel, row.dossier_id) for row in rows if row.dossier_id is not None}
+    if not keyed:
+        return list(rows)
+    # The unsent messages of those dossiers, up to the last candidate: a candidate
+    # is taken only if every unsent message before it is taken too (one skipped
+    # because another sender holds it, or cut by the limit, stops the dossier).
+    unsent = session.execute(
+        select(t.c.id, t.c.channel, t.c.dossier_id)
+        .where(
+            t.c.channel.in_(sorted({c for c, _ in keyed})),
+            t.c.dossier_id.in_(sorted({d for _, d in keyed})),
+            t.c.state != "sent",
+            t.c.id <= max(row.id for row in rows),
+        )
+        .order_by(t.c.id)
+    ).all()
+    taken = {row.id for row in rows}
+    stopped: set[tuple[str, int]] = set()
+    allowed: set[int] = set()
+    for item in unsent:
+        key = (item.channel, item.dossier_id)
+        if key not in keyed or key in stopped:
+            continue
+        if item.id in taken:
+            allowed.add(item.id)
+        else:
+            stopped.add(key)
+    return [row for row in rows if row.dossier_id is None or row.id in allowed]
+
+
 def _claim(
     session_factory: SessionFactory,
     channel_names: Collection[str],
@@ -191,32 +266,42 @@ def _claim(
     if batch < 1 or not channel_names:
         return [], 0
     t = _TABLE
+    plain = sorted(set(channel_names) - ORDERED_CHANNELS)
+    ordered = sorted(set(channel_names) & ORDERED_CHANNELS)
     with session_factory() as session:
-        query = (
-            select(t)
-            .where(
-                and_(
-                    t.c.state.in_(("pending", "sending")),
-                    t.c.next_attempt_at <= now,
-                    t.c.channel.in_(sorted(channel_names)),
-                )
+        rows: list[Any] = []
+        if plain:
+            query = (
+                select(t)
+                .where(and_(_due(t, now), t.c.channel.in_(plain)))
+                .order_by(t.c.next_attempt_at, t.c.id)
+                .limit(batch)
             )
-            .order_by(t.c.next_attempt_at, t.c.id)
-            .limit(batch)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        rows = session.execute(query).all()
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = list(session.execute(query).all())
+        if ordered:
+            # Ordered messages get what the others leave, and at least half the batch.
+            share = max(batch - len(rows), (batch + 1) // 2)
+            ordered_rows = _ordered_candidates(session, ordered, now, share)
+            rows = rows[: batch - len(ordered_rows)] + ordered_rows
         claimed: list[OutboxMessage] = []
         expired_failed = 0
+        broken: set[tuple[str, int]] = set()
         for row in rows:
+            key = (row.channel, row.dossier_id)
+            is_ordered = row.channel in ORDERED_CHANNELS and row.dossier_id is not None
+            if is_ordered and key in broken:
+                continue
             cas = update(t).where(t.c.id == row.id, t.c.state == row.state, t.c.attempts == row.attempts)
-            if row.state == "sending" and row.attempts >= max_attempts:
+            if row.state == "sending" and row.attempts >= _limit(row.channel, max_attempts):
                 error = f"lease expired on attempt {row.attempts} (sender crashed?); outcome unknown, giving up"
                 result = _execute(session, cas.values(state="failed", last_error=error))
                 if result.rowcount == 1:
                     expired_failed += 1
                     logger.error("outbox-%s failed: %s", row.id, error)
+                if is_ordered:
+                    broken.add(key)
                 continue
             if row.state == "sending":
                 logger.warning("outbox-%s: lease expired (attempt %s), claiming it again", row.id, row.attempts)
@@ -226,6 +311,8 @@ def _claim(
             )
             if result.rowcount == 1:
                 claimed.append(_detached(row, state="sending", attempts=row.attempts + 1, next_attempt_at=lease_until))
+            elif is_ordered:
+                broken.add(key)
         session.commit()
     return claimed, expired_failed
 
@@ -269,7 +356,9 @@ def _deliver_one(
     now: datetime,
     max_attempts: int,
     report: DeliveryReport,
-) -> None:
+) -> bool:
+    """Send one claimed message and record the outcome; True if it was sent and recorded."""
+    max_attempts = _limit(message.channel, max_attempts)
     error: str | None = None
     permanent = False
     try:
@@ -286,24 +375,25 @@ def _deliver_one(
             if _record(session_factory, message, state="sent", sent_at=now, last_error=None):
                 report.sent += 1
                 logger.debug("outbox-%s sent via %s", message.id, channel.name)
-                return
+                return True
         elif permanent or message.attempts >= max_attempts:
             why = "permanent error" if permanent else f"{message.attempts} attempts"
             if _record(session_factory, message, state="failed", last_error=error):
                 report.failed += 1
                 logger.warning("outbox-%s failed (%s): %s", message.id, why, error)
-                return
+                return False
         else:
             retry_at = now + backoff(message.attempts)
             if _record(session_factory, message, state="pending", next_attempt_at=retry_at, last_error=error):
                 report.retried += 1
                 logger.info("outbox-%s attempt %s failed, retry at %s: %s", message.id, message.attempts, retry_at, error)
-                return
+                return False
         report.lost += 1
         logger.warning("outbox-%s: lease lost before the outcome was recorded; another sender owns it", message.id)
     except Exception:
         report.lost += 1
         logger.exception("outbox-%s: could not record the outcome; it is retried after its lease", message.id)
+    return False
 
 
 def _release(session_factory: SessionFactory, messages: list[OutboxMessage], now: datetime) -> int:
@@ -344,13 +434,21 @@ def deliver_due(
     report.failed += expired_failed
     started = timer()
     budget = lease.total_seconds() / 2
+    held: set[tuple[str, int]] = set()  # ordered (channel, dossier) whose earlier message was not sent
     for index, message in enumerate(claimed):
         if timer() - started > budget:
             rest = claimed[index:]
             report.released += _release(session_factory, rest, now)
             logger.warning("outbox pass ran past half its lease; handed %d message(s) back", len(rest))
             break
-        _deliver_one(session_factory, channels[message.channel], message, now, max_attempts, report)
+        ordered = message.channel in ORDERED_CHANNELS and message.dossier_id is not None
+        key = (message.channel, message.dossier_id or 0)
+        if ordered and key in held:
+            report.released += _release(session_factory, [message], now)
+            continue
+        sent = _deliver_one(session_factory, channels[message.channel], message, now, max_attempts, report)
+        if ordered and not sent:
+            held.add(key)
     return report
 
 

@@ -8,12 +8,14 @@ when the URL names it.
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["make_engine", "make_session_factory", "migrate", "unit_of_work", "MIGRATIONS_PATH"]
@@ -32,11 +34,44 @@ def make_engine(url: str, echo: bool = False) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+        kwargs.update(pool_size=10, max_overflow=20)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine.pool, "checkin", _note_checkin)
+        event.listen(engine.pool, "checkout", _ping_if_idle)
     return engine
+
+
+#: A pooled connection unused for longer than this is tested before use, in seconds.
+PING_AFTER_IDLE = 5.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Test a connection that sat idle in the pool (the server may have closed it).
+
+    Unlike ``pool_pre_ping`` this costs no round trip for a connection
+    returned moments ago, as on a busy server; a dead one is replaced by the
+    pool (``DisconnectionError``).
+    """
+    idle_since = record.info.get("checked_in_at")
+    if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE and not getattr(dbapi_connection, "closed", False):
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+    except Exception as err:
+        raise DisconnectionError("the pooled connection is closed") from err
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

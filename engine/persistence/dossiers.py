@@ -2,18 +2,26 @@
 
 Receiving a dossier and completing a step run a handful of plain SQL
 statements through SQLAlchemy Core (no unit of work), each taking the caller's
-:class:`~sqlalchemy.orm.Session` and never committing. ORM objects of these
-tables loaded elsewhere in the same session must be read with
-``populate_existing`` afterwards.
+:class:`~sqlalchemy.orm.Session` and never committing (but see
+:meth:`Writes.flush`). ORM objects of these tables loaded elsewhere in the same
+session must be read with ``populate_existing`` afterwards.
+
+The hottest statements skip SQLAlchemy's per-execution machinery: they are
+compiled once per process and run on the driver's connection with the same
+type processing (:func:`_direct`, :func:`_fetch`). A step's writes go together
+(:class:`Writes`): one round trip on PostgreSQL, COMMIT included.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Integer, Row, String, bindparam, func, insert, literal_column, or_, select, update
+from sqlalchemy.engine import Compiled, Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -43,6 +51,7 @@ __all__ = [
     "open_task_rows_by_code",
     "save_dossier",
     "update_task",
+    "Writes",
 ]
 
 _D = Dossier.__table__
@@ -127,35 +136,28 @@ class DossierRecord:
 
 # Statements are built once: building one costs more than running it.
 _FIND = select(*_COLUMNS).where(_D.c.code == bindparam("code"))
+_OWNER = _T.alias("owner")
+# The dossier row alone, FOR NO KEY UPDATE: rows that only point at the dossier
+# (audit events, escalations, task claims) may still be written meanwhile, so a
+# step waiting here cannot deadlock with them.
 _LOCK = (
     select(*_COLUMNS)
-    .join(_T, _T.c.dossier_id == _D.c.id)
-    .where(_T.c.id == bindparam("task_id"))
-    .with_for_update(of=_D)
+    .where(_D.c.id == select(_OWNER.c.dossier_id).where(_OWNER.c.id == bindparam("task_id")).scalar_subquery())
+    .with_for_update(key_share=True)
 )
-_OWNER = _T.alias("owner")
-_LOCK_WITH_OPEN = (
-    select(*(c.label(f"d_{c.name}") for c in _COLUMNS), _T)
-    .join(_T, _T.c.dossier_id == _D.c.id)
-    .where(
-        _D.c.id == select(_OWNER.c.dossier_id).where(_OWNER.c.id == bindparam("task_id")).scalar_subquery(),
-        _T.c.state.in_(TaskState.OPEN),
-    )
-    .order_by(_T.c.id)
-    .with_for_update(of=_D)
-)
-_OPEN_TASKS = select(_T).where(_T.c.dossier_id == bindparam("dossier_id"), _T.c.state.in_(TaskState.OPEN)).order_by(_T.c.id)
+# Plain comparisons, not IN: an IN list is re-rendered at every execution.
+_IS_OPEN = or_(*(_T.c.state == literal_column(f"'{state}'") for state in TaskState.OPEN))
+_OPEN_TASKS = select(_T).where(_T.c.dossier_id == bindparam("dossier_id"), _IS_OPEN).order_by(_T.c.id)
 _OPEN_TASKS_BY_CODE = (
     select(_T)
     .join(_D, _D.c.id == _T.c.dossier_id)
-    .where(_D.c.code == bindparam("code"), _T.c.state.in_(TaskState.OPEN))
+    .where(_D.c.code == bindparam("code"), _IS_OPEN)
     .order_by(_T.c.id)
 )
 _INSERT_DOSSIER = insert(_D).returning(_D.c.id)
 _SAVE_DOSSIER = update(_D).where(_D.c.id == bindparam("b_id"), _D.c.revision == bindparam("b_revision"))
 _INSERT_TASK = insert(_T).returning(_T.c.id)
 _UPDATE_TASK = update(_T).where(_T.c.id == bindparam("b_id"))
-_INSERT_AUDIT = insert(_A)
 _C = DossierCounter.__table__
 _P = Procedure.__table__
 _V = ProcedureVersion.__table__
@@ -210,16 +212,24 @@ def lock_dossier_of_task(session: Session, task_id: int) -> DossierRecord | None
 
 
 def lock_dossier_with_open_tasks(session: Session, task_id: int) -> tuple[DossierRecord | None, list[Any]]:
-    """The dossier owning ``task_id``, locked, with its open steps — in one round trip.
+    """The dossier owning ``task_id``, locked, with its open steps.
 
-    When the dossier has no open step the record is looked up on its own.
+    Two statements on purpose: on PostgreSQL a statement that waits for the
+    dossier's lock re-reads only the locked row, so open steps read in the same
+    statement could be those of before the change that held the lock.
     """
-    rows = session.connection().execute(_LOCK_WITH_OPEN, {"task_id": task_id}).all()
-    if not rows:
-        return lock_dossier_of_task(session, task_id), []
-    first = rows[0]._mapping
-    record = DossierRecord(**{c.name: first[f"d_{c.name}"] for c in _COLUMNS})
-    return record, list(rows)  # task columns keep their names; dossier ones are prefixed d_
+    connection = session.connection()
+    _keys, locked = _fetch(connection, _LOCK, {"task_id": task_id})
+    if not locked:
+        return None, []
+    record = DossierRecord(**dict(zip(_RECORD_FIELDS, locked[0])))
+    _keys, rows = _fetch(connection, _OPEN_TASKS, {"dossier_id": record.id})
+    return record, [OpenTask._make(row) for row in rows]
+
+
+_RECORD_FIELDS = [c.name for c in _COLUMNS]
+#: An open step as :func:`lock_dossier_with_open_tasks` gives it (the columns of ``tasks``).
+OpenTask = namedtuple("OpenTask", [c.name for c in _T.columns])  # type: ignore[misc]
 
 
 def open_task_rows(session: Session, dossier_id: int) -> Sequence[Row[Any]]:
@@ -279,7 +289,245 @@ def receive_handover(session: Session, task_id: int, username: str, at: datetime
 
 
 def add_audit(session: Session, events: Iterable[Mapping[str, Any]]) -> None:
-    """Append audit rows (one statement for all of them)."""
-    rows = [dict(e) for e in events]
-    if rows:
-        session.connection().execute(_INSERT_AUDIT, rows)
+    """Append audit rows (one statement for all of them); see :meth:`Writes.add_audit`."""
+    writes = Writes()
+    writes.add_audit(events)
+    writes.flush(session)
+
+
+# --------------------------------------------------------------------------- batched writes
+
+#: The newest task row of a dossier for a Spiff task id: how a step's audit rows
+#: and hand-overs name the task rows it inserts, without waiting for their ids.
+_NEW_TASK_ID = (
+    select(_T.c.id)
+    .where(_T.c.dossier_id == bindparam("b_dossier", type_=Integer), _T.c.spiff_task_id == bindparam("b_spiff", type_=String))
+    .order_by(_T.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+_INSERT_TASK_ROW = insert(_T)
+_INSERT_HANDOVER_TO_NEW = insert(_H).values(to_task_id=_NEW_TASK_ID)
+_INSERT_AUDIT_ROWS = insert(_A).values(task_id=func.coalesce(bindparam("b_task_id", type_=Integer), _NEW_TASK_ID))
+#: The dossier update that fails (division by zero) when the row had changed
+#: meanwhile, so that a COMMIT sent behind it in the same round trip does not
+#: happen (PostgreSQL).
+_SAVED = (
+    update(_D)
+    .where(_D.c.id == bindparam("b_id"), _D.c.revision == bindparam("b_revision"))
+    .values({name: bindparam(f"v_{name}", type_=_D.c[name].type) for name in (*_MUTABLE, "updated_at", "revision")})
+    .returning(_D.c.id)
+    .cte("saved")
+)
+_SAVE_DOSSIER_OR_FAIL = select(literal_column("1") / select(func.count()).select_from(_SAVED).scalar_subquery())
+_CHANGED_MEANWHILE = "22012"  # SQLSTATE division_by_zero
+
+
+class Writes:
+    """The writes of one step, sent to the database together by :meth:`flush`.
+
+    On PostgreSQL (psycopg) they travel in one round trip (pipeline mode); on
+    other backends they run one after the other. New task rows are referred to
+    by their Spiff task id, so no statement waits for a generated key. Nothing
+    is written before :meth:`flush`, which runs in the caller's transaction and
+    commits it only when asked to.
+    """
+
+    def __init__(self) -> None:
+        self._ops: list[tuple[Any, list[dict[str, Any]]]] = []
+        self._save: tuple[int, DossierRecord] | None = None
+
+    def update_task(self, task_id: int, values: Mapping[str, Any]) -> None:
+        self._ops.append((_UPDATE_TASK, [{"b_id": task_id, **values}]))
+
+    def insert_task(self, values: Mapping[str, Any]) -> None:
+        """A new task row; refer to it later by ``values["spiff_task_id"]``."""
+        self._ops.append((_INSERT_TASK_ROW, [dict(values)]))
+
+    def add_handover(self, values: Mapping[str, Any], to_spiff_task_id: str) -> None:
+        """A hand-over to the task row inserted (in this batch) for ``to_spiff_task_id``."""
+        params = {k: v for k, v in values.items() if k != "to_task_id"}
+        params.update(b_dossier=values["dossier_id"], b_spiff=to_spiff_task_id)
+        self._ops.append((_INSERT_HANDOVER_TO_NEW, [params]))
+
+    def save_dossier(self, record: DossierRecord, updated_at: datetime) -> None:
+        """Write ``record`` back; :meth:`flush` reports whether nobody changed it meanwhile."""
+        params = {
+            "b_id": record.id,
+            "b_revision": record.revision,
+            **{name: getattr(record, name) for name in _MUTABLE},
+            "updated_at": updated_at,
+            "revision": record.revision + 1,
+        }
+        self._save = (len(self._ops), record)
+        self._ops.append((_SAVE_DOSSIER, [params]))
+
+    def add_audit(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Audit rows, in order (one statement). A row may name a task row inserted
+        in this batch by ``new_task`` (its Spiff task id) instead of ``task_id``."""
+        params = []
+        for row in rows:
+            values = {k: v for k, v in row.items() if k not in ("task_id", "new_task")}
+            values.update(b_task_id=row.get("task_id"), b_dossier=row.get("dossier_id"), b_spiff=row.get("new_task"))
+            params.append(values)
+        if params:
+            self._ops.append((_INSERT_AUDIT_ROWS, params))
+
+    def flush(self, session: Session, commit: bool = False) -> bool:
+        """Run the writes; False when the saved dossier had changed meanwhile (roll back then).
+
+        With ``commit`` the transaction may be committed in the same round trip
+        (PostgreSQL); the caller still calls ``session.commit()``, which then
+        has nothing left to do on the database. Pending ORM changes of the
+        session are flushed first, so they commit together with these writes.
+        The use cases do not ask for it: a COMMIT already sent is carried out
+        by the server even when the client dies while a statement before it
+        waits for a lock, and a step must not count when its process is killed.
+        """
+        ops, self._ops = self._ops, []
+        save, self._save = self._save, None
+        connection = session.connection()
+        pipelined = _pipeline_supported(connection.dialect)
+        # Only a session that owns its whole transaction may have it committed
+        # here (not inside a savepoint, nor on a connection lent by a caller).
+        commit = commit and pipelined and isinstance(session.get_bind(), Engine) and not session.in_nested_transaction()
+        if commit and (session.new or session.dirty or session.deleted):
+            session.flush()
+        if ops:
+            if commit and save is not None:
+                [params] = ops[save[0]][1]
+                renamed = {k if k.startswith("b_") else f"v_{k}": v for k, v in params.items()}
+                ops[save[0]] = (_SAVE_DOSSIER_OR_FAIL, [renamed])
+            try:
+                counts = _direct(connection, ops, commit=commit)
+            except DBAPIError as err:
+                if commit and save is not None and getattr(err.orig, "sqlstate", None) == _CHANGED_MEANWHILE:
+                    return False
+                raise
+            if commit and save is not None:
+                counts[save[0]] = 1  # the statement would have failed otherwise
+        else:
+            counts = []
+        if save is not None:
+            position, record = save
+            if counts[position] != 1:
+                return False
+            record.revision += 1
+        return True
+
+
+_COMPILED: dict[tuple[int, type, Any, tuple[str, ...]], Compiled] = {}
+
+
+def _pipeline_supported(dialect: Dialect) -> bool:
+    """Whether the driver can send several statements in one round trip (psycopg 3 on libpq ≥ 14)."""
+    return dialect.driver == "psycopg" and bool(dialect.loaded_dbapi.Pipeline.is_supported())
+
+
+def _compiled(stmt: Any, dialect: Dialect, keys: tuple[str, ...]) -> Compiled:
+    """``stmt`` compiled for ``dialect`` and these parameter names, once per process."""
+    key = (id(stmt), type(dialect), dialect.server_version_info, keys)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+        if (
+            compiled.insert_prefetch
+            or compiled.update_prefetch
+            or compiled.literal_execute_params
+            or compiled.post_compile_params
+            or compiled.escaped_bind_names
+        ):
+            raise RuntimeError(f"Statement needs SQLAlchemy's full execution path: {compiled.string}")
+        _COMPILED[key] = compiled
+    return compiled
+
+
+def _driver_parameters(compiled: Compiled, rows: list[dict[str, Any]]) -> list[Any]:
+    """``rows`` as the driver takes them, after SQLAlchemy's type processing (dates, JSON, …)."""
+    processors = compiled._bind_processors
+    result: list[Any] = []
+    for row in rows:
+        values = compiled.construct_params(row)
+        processed = {k: processors[k](v) if k in processors else v for k, v in values.items()}
+        result.append([processed[k] for k in compiled.positiontup or ()] if compiled.positional else processed)
+    return result
+
+
+def _direct(connection: Connection, ops: list[tuple[Any, list[dict[str, Any]]]], commit: bool = False) -> list[int]:
+    """Run the statements on the driver's connection, in the open transaction; their row counts.
+
+    Statements are compiled once and their parameters go through the same
+    SQLAlchemy type processing as a normal execution, minus its per-statement
+    overhead. With psycopg every statement (and COMMIT with ``commit``) goes
+    in one round trip (pipeline mode). Database errors come back as SQLAlchemy
+    exceptions.
+    """
+    dialect = connection.dialect
+    raw = connection.connection.driver_connection
+    pipelined = _pipeline_supported(dialect)
+    cursors: list[Any] = []
+    statement, parameters = "", None
+
+    def send() -> None:
+        nonlocal statement, parameters
+        for stmt, rows in ops:
+            compiled = _compiled(stmt, dialect, tuple(sorted(rows[0])))
+            statement, parameters = compiled.string, _driver_parameters(compiled, rows)
+            cursor = raw.cursor()
+            cursors.append(cursor)
+            if len(parameters) == 1:
+                cursor.execute(statement, parameters[0])
+            else:
+                cursor.executemany(statement, parameters)
+
+    try:
+        if pipelined:
+            with raw.pipeline():
+                send()
+                if commit:
+                    # Queued like a statement: an earlier failure then surfaces
+                    # when the pipeline ends, and the server skips the COMMIT.
+                    cursor = raw.cursor()
+                    cursors.append(cursor)
+                    cursor.execute("COMMIT")
+                statement, parameters = "(pipeline)", None
+        else:
+            send()
+        return [cursor.rowcount for cursor in cursors]
+    except dialect.loaded_dbapi.Error as err:
+        raise DBAPIError.instance(statement, parameters, err, dialect.loaded_dbapi.Error, dialect=dialect) from err
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+_RESULT_PROCESSORS: dict[int, list[Any]] = {}
+
+
+def _fetch(connection: Connection, stmt: Any, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run a SELECT on the driver's connection: its column keys and rows, values
+    converted as SQLAlchemy would (aware datetimes, JSON, …), without the
+    per-execution overhead of a SQLAlchemy result."""
+    dialect = connection.dialect
+    compiled = _compiled(stmt, dialect, tuple(sorted(params)))
+    [values] = _driver_parameters(compiled, [params])
+    raw = connection.connection.driver_connection
+    cursor = raw.cursor()
+    try:
+        cursor.execute(compiled.string, values)
+        rows = cursor.fetchall()
+        description = cursor.description
+    except dialect.loaded_dbapi.Error as err:
+        raise DBAPIError.instance(compiled.string, values, err, dialect.loaded_dbapi.Error, dialect=dialect) from err
+    finally:
+        cursor.close()
+    columns = compiled._result_columns
+    processors = _RESULT_PROCESSORS.get(id(compiled))
+    if processors is None:
+        processors = [entry.type._cached_result_processor(dialect, desc[1]) for entry, desc in zip(columns, description)]
+        _RESULT_PROCESSORS[id(compiled)] = processors
+    keys = [entry.keyname for entry in columns]
+    if any(processors):
+        pairs = list(enumerate(processors))
+        rows = [tuple(p(row[i]) if p else row[i] for i, p in pairs) for row in rows]
+    return keys, rows

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -42,6 +44,8 @@ __all__ = [
     "Officer",
     "OfficerRole",
     "OutboxMessage",
+    "PortalDossier",
+    "PortalFeedCursor",
     "Base",
     "CalendarOverride",
     "Dossier",
@@ -219,7 +223,9 @@ class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         Index("ix_tasks_queue", "state", "role", "agency", "due_at"),
-        Index("ix_tasks_assignee", "assignee", "state", "due_at"),
+        # The inbox's order (undated last, then due, then id): its first page is one index range scan.
+        Index("ix_tasks_offered", "agency_id", "role", "state", text("(due_at IS NULL)"), "due_at", "id"),
+        Index("ix_tasks_mine", "assignee", "state", text("(due_at IS NULL)"), "due_at", "id"),
         Index("ix_tasks_due", "state", "due_at"),
         Index("ix_tasks_dossier", "dossier_id", "state"),
         Index("ix_tasks_escalation", "state", "escalation_at"),
@@ -444,3 +450,121 @@ class Feedback(Base):
     content: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(20), default="new")
     created_at: Mapped[datetime]
+
+
+class PortalDossier(Base):
+    """A dossier filed on the national public service portal (Cổng Dịch vụ công quốc gia).
+
+    Maps the portal's ``MaHoSo`` to the local dossier. The row is reserved
+    (``state = 'receiving'``) before the dossier starts and completed
+    (``'received'``) right after, so a retried filing finds it.
+    """
+
+    __tablename__ = "portal_dossiers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ma_ho_so: Mapped[str] = mapped_column(String(64), unique=True)
+    dossier_id: Mapped[int | None] = mapped_column(ForeignKey("dossiers.id"), unique=True)
+    dossier_code: Mapped[str | None] = mapped_column(String(64))
+    procedure_code: Mapped[str] = mapped_column(String(64))
+    agency_code: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), default="receiving")  # receiving | received
+    request_hash: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    received_at: Mapped[datetime | None]
+
+
+class PortalFeedCursor(Base):
+    """How far the portal feeder has read the audit trail (one row per feed).
+
+    ``waiting_*`` describe a hole in the audit ids seen on PostgreSQL (an id
+    taken by a transaction not yet committed, or rolled back): the feeder
+    waits until every transaction running when it saw the hole has ended.
+    """
+
+    __tablename__ = "portal_feed_cursor"
+
+    name: Mapped[str] = mapped_column(String(30), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    waiting_below: Mapped[int | None] = mapped_column(Integer)
+    waiting_horizon: Mapped[int | None] = mapped_column(BigInteger)
+    waiting_since: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+#: Portal messages are delivered in order per dossier: the claim looks for earlier ones.
+Index("ix_outbox_channel_dossier", OutboxMessage.channel, OutboxMessage.dossier_id, OutboxMessage.id)
+
+
+class DossierFee(Base):
+    """A fee (phí, lệ phí) a dossier owes, copied from its procedure's declaration at receipt.
+
+    ``state``: ``due`` (to be paid), ``paid``, or ``free`` (declared at 0 đồng).
+    """
+
+    __tablename__ = "dossier_fees"
+    __table_args__ = (UniqueConstraint("dossier_id", "code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dossier_id: Mapped[int] = mapped_column(ForeignKey("dossiers.id"))
+    code: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(300))
+    #: In đồng.
+    amount: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(20), default="due")
+    created_at: Mapped[datetime]
+    paid_at: Mapped[datetime | None]
+
+
+class FeePayment(Base):
+    """A payment of one fee of a dossier, with its receipt number (số biên lai).
+
+    One payment per fee; a receipt number is used once per agency; a payment
+    gateway's transaction id once overall (its callbacks are idempotent on it).
+    """
+
+    __tablename__ = "fee_payments"
+    __table_args__ = (UniqueConstraint("agency_code", "receipt_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dossier_id: Mapped[int] = mapped_column(ForeignKey("dossiers.id"), index=True)
+    fee_id: Mapped[int] = mapped_column(ForeignKey("dossier_fees.id"), unique=True)
+    #: In đồng.
+    amount: Mapped[int] = mapped_column(BigInteger)
+    method: Mapped[str] = mapped_column(String(20))  # desk | transfer | online
+    #: The agency whose receipt series the number belongs to.
+    agency_code: Mapped[str] = mapped_column(String(64))
+    receipt_number: Mapped[str] = mapped_column(String(64))
+    transaction_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    paid_at: Mapped[datetime]
+    recorded_at: Mapped[datetime]
+    recorded_by: Mapped[str] = mapped_column(String(200))
+
+
+class ResultDocument(Base):
+    """A result document (văn bản kết quả) a step produced: the PDF as uploaded and the
+    verdict on its digital signature when it was checked."""
+
+    __tablename__ = "result_documents"
+    __table_args__ = (
+        Index("ix_result_documents_dossier", "dossier_id", "id"),
+        Index("ix_result_documents_task", "task_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dossier_id: Mapped[int] = mapped_column(ForeignKey("dossiers.id"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    step_id: Mapped[str] = mapped_column(String(255))
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    uploaded_by: Mapped[str] = mapped_column(String(200))
+    uploaded_at: Mapped[datetime]
+    #: The signature check: valid or not, who signed and when, why it was refused.
+    signature_valid: Mapped[bool] = mapped_column(Boolean)
+    signer: Mapped[str | None] = mapped_column(String(500))
+    signed_at: Mapped[datetime | None]
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    verified_at: Mapped[datetime]
