@@ -408,11 +408,29 @@ def worker(ctx: click.Context, sweep_seconds: int) -> None:
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller data, a run of about a minute.")
 @click.option("--postgres", "postgres_url", envvar="MOTCUA_BENCH_POSTGRES_URL", default=None, help="PostgreSQL URL of a scratch database (its public schema is dropped).")
-def bench(quick: bool, postgres_url: str | None) -> None:
+@click.option("--scale", "scale_url", default=None, metavar="URL",
+              help="Also the scale scenarios (deadline sweep and inbox over a million open steps, HTTP under gunicorn, "
+                   "calendar, memory) on this PostgreSQL server, which gets databases named motcua_scale_*.")
+def bench(quick: bool, postgres_url: str | None, scale_url: str | None) -> None:
     """Benchmark the engine; prints JSON and a table of medians."""
     from . import bench as bench_module
 
     bench_module.main(quick=quick, postgres_url=postgres_url)
+    if scale_url:
+        from . import bench_scale
+
+        bench_scale.main([*(["--quick"] if quick else []), "--postgres", scale_url])
+
+
+@main.command("bench-reports")
+@click.argument("url")
+@click.option("--steps", default=1_000_000, show_default=True, type=click.IntRange(1), help="Completed steps to write.")
+@click.option("--time-only", is_flag=True, help="Only time the reports on a database filled before.")
+def bench_reports_command(url: str, steps: int, time_only: bool) -> None:
+    """Time the bottleneck query and the yearly report over a year of history written into the empty database URL."""
+    from . import bench_reports
+
+    bench_reports.main([url, "--steps", str(steps), *(["--time-only"] if time_only else [])])
 
 
 def _run_simulation(ctx: click.Context, dossiers: int, months: float, end: datetime, seed: int) -> None:
