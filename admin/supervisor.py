@@ -9,6 +9,7 @@ agency and those under it); ``co-quan`` narrows it to one of those.
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
+from time import monotonic as time_now
 from typing import Any
 from urllib.parse import urlencode
 
@@ -129,10 +130,8 @@ def supervision() -> str:
     totals["rate"] = _rate(totals["early"] + totals["on_time"], totals["finished"])
     trend_labels, trend_values = [], []
     for label, month_start, month_end in _months(start, end):
-        rows = reports.on_time(session, month_start, month_end, "agency", clock, agencies=scope)
-        month = _sum(rows, "finished", "early", "on_time")
         trend_labels.append(label)
-        trend_values.append(_rate(month["early"] + month["on_time"], month["finished"]))
+        trend_values.append(_month_rate(session, scope, month_start, month_end, clock))
     busy = sorted(by_agency, key=lambda r: -(r["in_time"] + r["overdue"]))[:12]
     return render_template(
         "admin/supervision.html",
@@ -145,6 +144,26 @@ def supervision() -> str:
                          {"Trong hạn": [r["in_time"] for r in busy], "Quá hạn": [r["overdue"] for r in busy]}),
         query=_query, TABLES=TABLES, LATE_FLAG=reports.LATE_FLAG,
     )
+
+
+#: On-time rates of whole past months: (database, scope, month start, month end) → (rate, computed at).
+_PAST_MONTHS: dict[tuple[str, frozenset[int], datetime, datetime], tuple[float | None, float]] = {}
+_PAST_MONTH_TTL = 600.0
+
+
+def _month_rate(session: Any, scope: frozenset[int], start: datetime, end: datetime, clock: datetime) -> float | None:
+    """The on-time rate of dossiers finished in [start, end); a month already over is kept for ten minutes."""
+    key = (str(session.get_bind().url), scope, start, end)
+    cached = _PAST_MONTHS.get(key)
+    if end <= clock and cached is not None and time_now() - cached[1] < _PAST_MONTH_TTL:
+        return cached[0]
+    month = _sum(reports.on_time(session, start, end, "agency", clock, agencies=scope), "finished", "early", "on_time")
+    rate = _rate(month["early"] + month["on_time"], month["finished"])
+    if end <= clock:
+        if len(_PAST_MONTHS) > 1000:
+            _PAST_MONTHS.clear()
+        _PAST_MONTHS[key] = (rate, time_now())
+    return rate
 
 
 @bp.get("/giam-sat/tai-ve")
