@@ -160,7 +160,7 @@ def return_to_previous(session: Session, task_id: int, reason: str, actor: str, 
 
     The previous step is offered again to the officer who completed it.
     """
-    reason = _reason_given(reason, "returning the dossier")
+    reason = _reason_given(reason, "trả lại hồ sơ")
     services._checked_id(task_id, "task")
     record, open_rows = dossiers.lock_dossier_with_open_tasks(session, task_id)
     task = next((row for row in open_rows if row.id == task_id), None)
@@ -187,7 +187,7 @@ def recall(session: Session, code: str, reason: str, actor: str, now: datetime) 
     The step ``actor`` completed is opened to them again; the step it led to is
     cancelled. Once someone has claimed that next step, it is theirs to return.
     """
-    reason = _reason_given(reason, "recalling the dossier")
+    reason = _reason_given(reason, "thu hồi hồ sơ")
     record = _record(session, code)
     known = services._version_runtime(session, record.procedure_version_id)
     candidates = []
@@ -201,18 +201,18 @@ def recall(session: Session, code: str, reason: str, actor: str, now: datetime) 
             candidates.append(row)
     if not candidates:
         session.rollback()
-        raise Conflict(f"{actor} did not forward dossier {code} to any of its open steps; there is nothing to recall.")
+        raise Conflict(f"{actor} không chuyển hồ sơ {code} sang bước nào đang mở, nên không có gì để thu hồi.")
     claimed = [row for row in candidates if row.state != TaskState.READY]
     if claimed:
         session.rollback()
         raise Conflict(
-            f"Step '{claimed[0].step_name}' was already claimed by {claimed[0].assignee}; ask them to return the dossier instead."
+            f"Bước “{claimed[0].step_name}” đã được {claimed[0].assignee} nhận xử lý; không thu hồi được nữa, đề nghị người đó trả lại hồ sơ."
         )
     locked, open_rows = dossiers.lock_dossier_with_open_tasks(session, candidates[0].id)
     task = next((row for row in open_rows if row.id == candidates[0].id), None)
     if locked is None or task is None or task.state != TaskState.READY:
         session.rollback()
-        raise Conflict(f"Dossier {code} changed meanwhile; reload and try again.")
+        raise Conflict(f"Hồ sơ {code} vừa thay đổi; tải lại và thử lại.")
     wf = runtime.load_state(known.spec, locked.workflow_state)
     earlier = _previous_row(session, wf, locked.id, task)
     _send_back(session, locked, wf, known.meta, open_rows, earlier, "dossier.recall", task, reason, actor, now)
@@ -227,36 +227,36 @@ def reset_to_step(session: Session, code: str, step_id: str, reason: str, actor:
     every open step is cancelled. The step gets a fresh allotment from now;
     the dossier keeps its legal due date.
     """
-    reason = _reason_given(reason, "resetting the dossier")
+    reason = _reason_given(reason, "chuyển lại hồ sơ về bước trước")
     record = _record(session, code)
     if record.status not in ACTIVE:
         session.rollback()
-        raise Conflict(f"Dossier {code} is '{DossierStatus.LABELS[record.status]}'; only a dossier being handled can be reset.")
+        raise Conflict(f"Hồ sơ {code} đang ở trạng thái “{DossierStatus.LABELS[record.status]}”; chỉ hồ sơ đang giải quyết mới chuyển lại bước trước được.")
     earlier = session.scalar(
         _fresh(select(Task).where(Task.dossier_id == record.id, Task.step_id == step_id, Task.state == TaskState.COMPLETED)
                .order_by(Task.id.desc()).limit(1))
     )
     if earlier is None:
         session.rollback()
-        raise Conflict(f"Step '{step_id}' of dossier {code} has not been done; a dossier can only go back to a step it passed.")
+        raise Conflict(f"Bước “{step_id}” của hồ sơ {code} chưa được thực hiện; chỉ chuyển lại được về bước hồ sơ đã qua.")
     home = record.home_agency_id
     if not any(organisation.holds_role(session, actor, role, agency)
                for role in LEADER_ROLES for agency in {home, earlier.agency_id} if agency is not None):
         if home is not None or earlier.agency_id is not None:
             session.rollback()
-            raise Forbidden(f"{actor} may not reset dossier {code}: it needs the role leader or head_of_unit at its agency.")
+            raise Forbidden(f"{actor} không được chuyển lại hồ sơ {code}: cần vai trò lãnh đạo cơ quan hoặc lãnh đạo phòng tại cơ quan giải quyết.")
     open_rows = dossiers.open_task_rows(session, record.id)
     locked, open_rows = dossiers.lock_dossier_with_open_tasks(session, open_rows[0].id) if open_rows else (record, [])
     if locked is None:
         session.rollback()
-        raise Conflict(f"Dossier {code} changed meanwhile; reload and try again.")
+        raise Conflict(f"Hồ sơ {code} vừa thay đổi; tải lại và thử lại.")
     known = services._version_runtime(session, locked.procedure_version_id)
     wf = runtime.load_state(known.spec, locked.workflow_state)
     try:
         wf.get_task_from_id(UUID(earlier.spiff_task_id))
     except Exception:
         session.rollback()
-        raise Conflict(f"Step '{earlier.step_name}' can no longer be reached from where the dossier is.") from None
+        raise Conflict(f"Không còn quay lại được bước “{earlier.step_name}” từ vị trí hiện tại của hồ sơ.") from None
     _send_back(session, locked, wf, known.meta, open_rows, earlier, "dossier.reset", None, reason, actor, now)
     return locked
 
@@ -267,13 +267,13 @@ def transfer(session: Session, task_id: int, to_username: str, reason: str | Non
     task = _task(session, task_id)
     if task.state != TaskState.CLAIMED:
         session.rollback()
-        raise Conflict(f"Step '{task.step_name}' is {task.state}; claim it before transferring it.")
+        raise Conflict(f"Bước “{task.step_name}” chưa được nhận xử lý (trạng thái {task.state}); hãy nhận xử lý trước khi chuyển cho đồng nghiệp.")
     if task.assignee != actor:
         session.rollback()
-        raise Forbidden(f"Step '{task.step_name}' is held by {task.assignee}, not {actor}.")
+        raise Forbidden(f"Bước “{task.step_name}” do {task.assignee} xử lý, không phải {actor}.")
     if to_username == actor:
         session.rollback()
-        raise InvalidRequest("Choose a colleague other than yourself.")
+        raise InvalidRequest("Chọn một đồng nghiệp khác, không phải chính mình.")
     organisation.officer_by_username(session, to_username)
     _require_role(session, to_username, [task.role or "officer"], task.agency_id, f"take step '{task.step_name}'")
     audit = _Audit(actor, now, task.dossier_id)
@@ -287,7 +287,7 @@ def transfer(session: Session, task_id: int, to_username: str, reason: str | Non
 
 def _reason_given(reason: str | None, what: str) -> str:
     if not reason or not reason.strip():
-        raise InvalidRequest(f"Give the reason for {what}.")
+        raise InvalidRequest(f"Cần ghi rõ lý do {what}.")
     return reason.strip()
 
 

@@ -620,3 +620,89 @@ def test_a_filing_interrupted_after_the_dossier_started_is_finished_by_its_retry
     late = portal.receive(province, other, vn(2, 9, 5))
     assert late.created and late.dossier_code == "000.17.22.H19-260302-0002"
     assert province.scalar(select(func.count()).select_from(Dossier)) == 2
+
+
+# --------------------------------------------------------------------------- a restart mid-delivery
+
+
+class _HeldPortal(BaseHTTPRequestHandler):
+    """A stand-in portal that keeps its second request waiting (the sender is killed meanwhile)."""
+
+    received: list[tuple[str, dict[str, Any]]] = []
+    holding = threading.Event()
+    release = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).received.append((self.headers.get("Idempotency-Key", ""), json.loads(raw.decode("utf-8"))))
+        if len(type(self).received) == 2:
+            type(self).holding.set()
+            type(self).release.wait(60)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"ok": true}')
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+_SENDER = """
+import sys
+from datetime import datetime, timedelta
+from engine import portal
+from engine.core.calendar import VN_TZ
+from engine.notify import PortalChannel, deliver_due
+from engine.persistence.db import make_engine, make_session_factory
+sessions = make_session_factory(make_engine(sys.argv[1]))
+now = datetime(2026, 3, 2, 12, 0, tzinfo=VN_TZ) + timedelta(minutes=int(sys.argv[3]))
+portal.feed(sessions, now)
+print(deliver_due(sessions, {"portal": PortalChannel(sys.argv[2], timeout=90)}, now).sent)
+"""
+
+
+def test_a_sender_killed_mid_delivery_restarts_and_everything_arrives_once_in_order(province: Session, db_engine: Engine) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    session = province
+    _HeldPortal.received, _HeldPortal.holding, _HeldPortal.release = [], threading.Event(), threading.Event()
+    a = "G22.01-260302-000009"
+    result = portal.receive(session, filing(a, PHUOC_AN), vn(2, 8))
+    code = result.dossier_code
+    complete(session, code, PHUOC_AN, "tiep_nhan_ks", vn(2, 8, 30))
+    complete(session, code, PHUOC_AN, "kiem_tra_ghi_so", vn(2, 9))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeldPortal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api/hoso/capnhat"
+    database = db_engine.url.render_as_string(hide_password=False)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        sender = subprocess.Popen([sys.executable, "-c", _SENDER, database, url, "0"], env=env, cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert _HeldPortal.holding.wait(60), sender.communicate()
+        os.kill(sender.pid, signal.SIGKILL)  # the process dies between sending a change and recording it
+        sender.wait(timeout=30)
+        _HeldPortal.release.set()
+        session.rollback()  # see what the other processes committed
+        states = session.scalars(select(OutboxMessage.state).where(OutboxMessage.channel == "portal").order_by(OutboxMessage.id)).all()
+        # Claimed (or still queued), none recorded as sent after the first: nothing lost, nothing falsely done.
+        assert len(states) >= 4 and states[0] == "sent" and states[1] == "sending" and set(states[2:]) <= {"sending", "pending"}
+        # The restarted sender waits for the dead one's lease (5 minutes), then sends the rest, in order.
+        restarted = subprocess.run([sys.executable, "-c", _SENDER, database, url, "6"], env=env, cwd=ROOT,
+                                   capture_output=True, text=True, timeout=120)
+        assert restarted.returncode == 0, restarted.stderr[-3000:]
+    finally:
+        server.shutdown()
+    session.rollback()
+    rows = session.execute(select(OutboxMessage.id, OutboxMessage.state).where(OutboxMessage.channel == "portal")
+                           .order_by(OutboxMessage.id).execution_options(populate_existing=True)).all()
+    assert {state for _, state in rows} == {"sent"}
+    keys = [key for key, _ in _HeldPortal.received]
+    first_seen = list(dict.fromkeys(keys))
+    assert first_seen == [f"outbox-{id_}" for id_, _ in rows]  # every change, in the order it happened
+    assert len(keys) == len(rows) + 1 and keys.count(keys[1]) == 2  # only the one in flight came twice, same key
+    events = [body["MaSuKien"] for _key, body in _HeldPortal.received]
+    assert list(dict.fromkeys(events)) == sorted(set(events))

@@ -64,7 +64,7 @@ def test_recall_before_the_next_step_is_claimed(session: Session) -> None:
     due_before = services.get_dossier(session, code).due_at
     with pytest.raises(InvalidRequest):
         lifecycle.recall(session, code, "  ", "motcua.phuocan", T0 + timedelta(minutes=20))
-    with pytest.raises(Conflict, match="did not forward"):
+    with pytest.raises(Conflict, match="không chuyển hồ sơ"):
         lifecycle.recall(session, code, "Nhầm", "chuyenvien.phuocan", T0 + timedelta(minutes=20))
     lifecycle.recall(session, code, "Chuyển nhầm, thiếu bản chính", "motcua.phuocan", T0 + timedelta(minutes=20))
     [task] = _open(session, code)
@@ -81,7 +81,7 @@ def test_recall_before_the_next_step_is_claimed(session: Session) -> None:
     services.complete_task(session, task.id, FORMS["tiep_nhan"], "motcua.phuocan", T0 + timedelta(minutes=30))
     check = _open(session, code)[0]
     lifecycle.claim(session, check.id, "chuyenvien.phuocan", T0 + timedelta(minutes=35))
-    with pytest.raises(Conflict, match="already claimed by chuyenvien.phuocan"):
+    with pytest.raises(Conflict, match="đã được chuyenvien.phuocan nhận xử lý"):
         lifecycle.recall(session, code, "Nhầm lần nữa", "motcua.phuocan", T0 + timedelta(minutes=40))
 
 
@@ -89,7 +89,7 @@ def test_transfer_a_claimed_step_to_a_colleague_of_the_same_role(session: Sessio
     code = _setup(session)
     _do(session, code, "motcua.phuocan", T0 + timedelta(minutes=10))
     check = _open(session, code)[0]
-    with pytest.raises(Conflict, match="claim it"):
+    with pytest.raises(Conflict, match="nhận xử lý trước"):
         lifecycle.transfer(session, check.id, "chuyenvien2.phuocan", None, "chuyenvien.phuocan", T0 + timedelta(minutes=15))
     lifecycle.claim(session, check.id, "chuyenvien.phuocan", T0 + timedelta(minutes=20))
     with pytest.raises(Forbidden):  # the receptionist does not hold the officer role
@@ -115,7 +115,7 @@ def test_leader_resets_to_an_earlier_step_and_the_dossier_runs_on(session: Sessi
     assert [t.step_id for t in _open(session, code)] == ["ky_chung_thuc"]
     with pytest.raises(Forbidden):
         lifecycle.reset_to_step(session, code, "kiem_tra", "Sai sót", "chuyenvien.phuocan", at)
-    with pytest.raises(Conflict, match="has not been done"):
+    with pytest.raises(Conflict, match="chưa được thực hiện"):
         lifecycle.reset_to_step(session, code, "tra_ket_qua", "Sai sót", "lanhdao.phuocan", at)
     reset_at = T0 + timedelta(hours=2)
     lifecycle.reset_to_step(session, code, "kiem_tra", "Bản sao không khớp bản chính", "lanhdao.phuocan", reset_at)
