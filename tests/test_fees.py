@@ -3,8 +3,8 @@ payment gateway, the pause until payment and the due dates it moves. SQLite and 
 
 The procedure is 1.001612 Đăng ký thành lập hộ kinh doanh (processes/dang-ky-ho-kinh-doanh.bpmn)
 with a ``fees`` property added to its text. Its real fee is set by each provincial council and
-was not found; the amounts here are examples. Until ``services.start_dossier`` calls
-``fees.on_receipt`` itself, these tests call it right after receiving the dossier.
+was not found; the amounts here are examples. ``services.start_dossier`` records the fees
+due; the tests call ``fees.on_receipt`` once more right after, which must change nothing.
 
 Due dates are worked out by hand on the default calendar (07:30–11:30, 13:00–17:00, Monday–Friday).
 """
