@@ -15,6 +15,8 @@ from engine.auth import TooManyAttempts
 from engine.errors import EngineError
 from engine.persistence.models import Dossier, ProcedureVersion
 
+from api.public import guarded
+
 from . import bp, diagram
 from .web import PageForm, db, error_page, now, say
 
@@ -33,28 +35,10 @@ class FeedbackForm(PageForm):
     ma_bi_mat = StringField("Mã bí mật của hồ sơ", validators=[Optional(), Length(max=10)])
 
 
-def _guarded(run: Any) -> Any:
-    """Run a secret check under the shared per-address failure limit of the public API."""
-    from api.public import limiter
-
-    key = request.remote_addr or "unknown"
-    counter = limiter()
-    token = counter.begin(key)
-    try:
-        result = run()
-    except public.LookupFailed:
-        raise
-    except BaseException:
-        counter.forgive(key, token)
-        raise
-    counter.forgive(key, token)
-    return result
-
-
 def _result(code: str, secret: str, status: int = 200) -> Any:
     """The public view of a verified dossier: progress on the diagram, due date, rating form."""
     session = db()
-    found = _guarded(lambda: public.verify(session, code, secret))
+    found = guarded(lambda: public.verify(session, code, secret))
     view = public.public_view(session, found.id)
     steps = worklist.dossier_steps(session, found.id)
     states, titles = diagram.step_overlay(steps, now())
@@ -92,7 +76,7 @@ def rate() -> Any:
     scores = {key: request.form.get(f"diem_{key}", "") for key in public.CRITERIA}
     comment = request.form.get("y_kien", "").strip()[:2000] or None
     try:
-        _guarded(lambda: public.rate(db(), code, secret, scores, comment, now()))
+        guarded(lambda: public.rate(db(), code, secret, scores, comment, now()))
     except TooManyAttempts:
         return error_page(429)
     except public.LookupFailed:
@@ -113,7 +97,7 @@ def feedback() -> Any:
     if request.method == "POST" and form.validate_on_submit():
         code = (form.ma.data or "").strip() or None
         try:
-            _guarded(lambda: public.send_feedback(
+            guarded(lambda: public.send_feedback(
                 db(), form.subject.data.strip(), form.content.data.strip(), now(), name=form.name.data or None,
                 contact=form.contact.data or None, dossier_code=code, secret=(form.ma_bi_mat.data or "").strip() or None))
         except TooManyAttempts:

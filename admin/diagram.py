@@ -1,6 +1,6 @@
 """The flowchart on a page: a thin wrapper over :mod:`engine.core.diagram`.
 
-Returns ``None`` when the renderer is not installed or cannot draw the file;
+Returns ``None`` when the file cannot be drawn (no layout, unreadable);
 templates then show the "sơ đồ chưa có" placeholder.
 """
 
@@ -12,21 +12,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from markupsafe import Markup
 
+from engine.core import diagram
+
 log = logging.getLogger(__name__)
 
-__all__ = ["available", "render", "step_overlay"]
-
-
-def _module() -> Any:
-    try:
-        from engine.core import diagram  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return diagram
-
-
-def available() -> bool:
-    return _module() is not None
+__all__ = ["render", "step_overlay"]
 
 
 def render(
@@ -41,17 +31,16 @@ def render(
     highlight: Iterable[str] = (),
 ) -> Markup | None:
     """The diagram of ``xml`` as inline SVG, or None when it cannot be drawn."""
-    module = _module()
-    if module is None or not xml:
+    if not xml:
         return None
     try:
         overlay = None
         if states or titles or badges or links or heat:
-            overlay = module.Overlay(states=dict(states or {}), badges=dict(badges or {}), heat=dict(heat or {}),
+            overlay = diagram.Overlay(states=dict(states or {}), badges=dict(badges or {}), heat=dict(heat or {}),
                                      titles=dict(titles or {}), links=dict(links or {}))
-        svg = module.render_svg(xml, process_id=process_id, overlay=overlay, highlight=list(highlight))
+        svg = diagram.render_svg(xml, process_id=process_id, overlay=overlay, highlight=list(highlight))
     except Exception as err:  # DiagramError or anything the renderer trips on: show the placeholder
-        if type(err).__name__ != "DiagramError":
+        if not isinstance(err, diagram.DiagramError):
             log.exception("diagram could not be drawn")
         return None
     return Markup(svg)

@@ -235,7 +235,7 @@ def limiter() -> FailureLimiter:
     return found
 
 
-def _guarded(run: Callable[[], T]) -> T:
+def guarded(run: Callable[[], T]) -> T:
     """Run a use case that checks a secret: refuse while the client is blocked, count failures.
 
     The attempt counts as a failure from the start and is forgiven unless the
@@ -276,7 +276,7 @@ class Lookup(MethodView):
     @bp.alt_response(429, schema=ProblemSchema, description=_TOO_MANY)
     def get(self, args: dict[str, Any], code: str) -> dict[str, Any]:
         """Tra cứu hồ sơ: status, appointment and steps of a dossier, by its code and secret (no personal data)."""
-        return _guarded(lambda: public.lookup(db_session(), code, args["secret"]))
+        return guarded(lambda: public.lookup(db_session(), code, args["secret"]))
 
 
 @bp.route("/dossiers/<code>/rating")
@@ -294,7 +294,7 @@ class RatingView(MethodView):
         "Bình thường", "Hài lòng", "Rất hài lòng". ``satisfied`` is true when no
         criterion scores below 3 (Bình thường).
         """
-        rating = _guarded(lambda: public.rate(db_session(), code, body["secret"], body["scores"], body["comment"], now()))
+        rating = guarded(lambda: public.rate(db_session(), code, body["secret"], body["scores"], body["comment"], now()))
         message = "Cảm ơn ông/bà đã đánh giá mức độ hài lòng về việc giải quyết hồ sơ."
         return {"code": code, "scores": rating.scores, "satisfied": rating.satisfied,
                 "created_at": rating.created_at, "message": message}, 201
@@ -315,7 +315,7 @@ class FeedbackView(MethodView):
                 dossier_code=body["dossier_code"], secret=body["secret"],
             )
 
-        feedback = _guarded(run) if body["dossier_code"] else run()
+        feedback = guarded(run) if body["dossier_code"] else run()
         message = (f"Đã tiếp nhận phản ánh, kiến nghị của ông/bà (số {feedback.id}). "
                    "Cơ quan có thẩm quyền sẽ xem xét, xử lý và trả lời theo quy định.")
         return {"id": feedback.id, "dossier_code": body["dossier_code"], "created_at": feedback.created_at, "message": message}, 201
