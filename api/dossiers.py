@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from engine import auth, documents, lifecycle, services
 from engine.errors import Conflict, Forbidden, InvalidRequest
 from engine.organisation import agency_by_code
+from engine.persistence.dossiers import DossierRecord
 from engine.persistence.models import (
     Dossier,
     IdempotencyKey,
@@ -64,10 +65,10 @@ def _dossier_agencies(session: Any, dossier: Dossier) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def dossier_out(dossier: Dossier) -> dict[str, Any]:
+def dossier_out(dossier: Dossier | DossierRecord) -> dict[str, Any]:
+    """A dossier as the API shows it, with its open steps (read fresh)."""
     session = db_session()
-    version = session.get(ProcedureVersion, dossier.procedure_version_id)
-    procedure = session.get(Procedure, version.procedure_id)
+    procedure = services.version_summary(session, dossier.procedure_version_id)
     tasks = session.scalars(
         select(Task).where(Task.dossier_id == dossier.id, Task.state.in_(TaskState.OPEN)).order_by(Task.id).execution_options(populate_existing=True)
     ).all()
@@ -77,7 +78,7 @@ def dossier_out(dossier: Dossier) -> dict[str, Any]:
             "due_at", "finished_at", "returned_at", "new_appointment_at", "supplement_requests", "data")},
         "procedure_code": procedure.code,
         "procedure_name": procedure.name,
-        "version": version.version,
+        "version": procedure.version,
         "status_label": services.DossierStatus.LABELS.get(dossier.status, str(dossier.status)),
         "open_tasks": tasks,
     }
@@ -125,7 +126,7 @@ class Dossiers(MethodView):
                 agency_code=body["agency_code"], home_agency_code=body.get("home_agency_code"),
                 applicant=body["applicant"], channel=body["channel"],
             )
-            return schemas.DossierOut().dump(dossier_out(services.get_dossier(session, record.code))), 201  # JSON-ready
+            return schemas.DossierOut().dump(dossier_out(record)), 201  # JSON-ready
 
         result, status = _idempotent(request.headers.get("Idempotency-Key"), body, run)
         # Already serialized (a replay answers with the stored body): send as is.

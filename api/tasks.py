@@ -71,7 +71,7 @@ class Complete(MethodView):
     def post(self, body: dict[str, Any], task_id: int) -> Any:
         """Complete a step with its form data; the dossier moves on."""
         record = services.complete_task(db_session(), task_id, body["data"], actor=current().username, now=now())
-        return dossier_out(services.get_dossier(db_session(), record.code))
+        return dossier_out(record)
 
 
 @bp.route("/<int:task_id>/return")

@@ -14,9 +14,9 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .core.assignment import AgencyTree
 from .errors import EngineError, Forbidden, InvalidRequest
-from .organisation import agency_tree, officer_agencies
+from .organisation import agency_tree, remember_grants
 from .persistence.db import unit_of_work
-from .persistence.models import ApiToken, Officer
+from .persistence.models import ApiToken, Officer, OfficerRole
 
 __all__ = [
     "Identity",
@@ -111,15 +111,25 @@ def login(session: Session, username: str, password: str, now: datetime) -> tupl
 
 
 def authenticate(session: Session, token: str, now: datetime) -> Identity:
-    """The identity behind a bearer token; raises :class:`Unauthenticated`."""
-    row = session.execute(
-        select(Officer.username, Officer.full_name, Officer.active, ApiToken.expires_at, ApiToken.revoked_at)
+    """The identity behind a bearer token; raises :class:`Unauthenticated`.
+
+    One statement reads the token, the officer and their roles; the roles are
+    remembered for the rest of the transaction (see :func:`remember_grants`).
+    """
+    rows = session.execute(
+        select(Officer.username, Officer.full_name, Officer.active, ApiToken.expires_at, ApiToken.revoked_at,
+               OfficerRole.agency_id, OfficerRole.role)
         .join(ApiToken, ApiToken.officer_id == Officer.id)
+        .outerjoin(OfficerRole, OfficerRole.officer_id == Officer.id)
         .where(ApiToken.token_hash == _hash(token))
-    ).first()
+        .order_by(OfficerRole.id)
+    ).all()
+    row = rows[0] if rows else None
     if row is None or row.revoked_at is not None or row.expires_at <= now or not row.active:
         raise Unauthenticated("The token is missing, expired or revoked; sign in again.")
-    return Identity(row.username, row.full_name, tuple(officer_agencies(session, row.username)))
+    grants = tuple((r.agency_id, r.role) for r in rows if r.agency_id is not None)
+    remember_grants(session, row.username, grants)
+    return Identity(row.username, row.full_name, grants)
 
 
 @unit_of_work

@@ -44,6 +44,7 @@ __all__ = [
     "holds_role",
     "load_organisation",
     "officer_agencies",
+    "remember_grants",
     "move_dossier_home",
     "parse_organisation",
     "reorganise",
@@ -197,8 +198,23 @@ def officer_by_username(session: Session, username: str) -> Officer:
     return officer
 
 
+_GRANTS_KEY = "motcua.grants"
+
+
+def remember_grants(session: Session, username: str, grants: Iterable[tuple[int, str]]) -> None:
+    """Let :func:`officer_agencies` answer from ``grants`` for the rest of the session's current transaction.
+
+    Sign-in reads an officer's roles anyway; the checks that follow in the
+    same request need not read them again.
+    """
+    session.info.setdefault(_GRANTS_KEY, {})[username] = (session.get_transaction(), tuple(grants))
+
+
 def officer_agencies(session: Session, username: str, role: str | None = None) -> list[tuple[int, str]]:
     """``(agency id, role)`` pairs the officer holds (optionally of one role)."""
+    known = session.info.get(_GRANTS_KEY, {}).get(username)
+    if known is not None and known[0] is not None and known[0] is session.get_transaction():
+        return [(a, r) for a, r in known[1] if role is None or r == role]
     query = (
         select(OfficerRole.agency_id, OfficerRole.role)
         .join(Officer, Officer.id == OfficerRole.officer_id)

@@ -155,7 +155,7 @@ def deploy(session: Session, files: Mapping[str, bytes], actor: str, now: dateti
     version.files = [ProcedureFile(filename=name, content=content) for name, content in files.items()]
     session.add(version)
     session.flush()
-    _remember_version(version.id, _VersionRuntime(definition.spec, version.meta))
+    _remember_version(version.id, _VersionRuntime(definition.spec, version.meta, version.version))
     session.add(
         AuditEvent(
             at=now,
@@ -217,6 +217,7 @@ class _VersionRuntime:
 
     spec: runtime.ProcedureSpec
     meta: Mapping[str, Any]
+    version: int
 
 
 # Versions are immutable, and restoring a spec costs far more than a step, so
@@ -241,13 +242,28 @@ def _version_runtime(session: Session, version_id: int) -> _VersionRuntime:
             _VERSIONS.move_to_end(version_id)
             return item
     row = session.execute(
-        select(ProcedureVersion.spec_json, ProcedureVersion.meta).where(ProcedureVersion.id == version_id)
+        select(ProcedureVersion.spec_json, ProcedureVersion.meta, ProcedureVersion.version).where(ProcedureVersion.id == version_id)
     ).first()
     if row is None:
         raise NotFound(f"Procedure version {version_id} does not exist.")
-    item = _VersionRuntime(runtime.ProcedureSpec.from_json(row.spec_json), row.meta)
+    item = _VersionRuntime(runtime.ProcedureSpec.from_json(row.spec_json), row.meta, row.version)
     _remember_version(version_id, item)
     return item
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """What a dossier shows of the procedure version it runs on."""
+
+    code: str
+    name: str
+    version: int
+
+
+def version_summary(session: Session, version_id: int) -> VersionSummary:
+    """Code, name and number of a procedure version (as deployed; read from the process's cache)."""
+    item = _version_runtime(session, version_id)
+    return VersionSummary(item.meta["code"], item.meta["name"], item.version)
 
 
 # --------------------------------------------------------------------------- calendar

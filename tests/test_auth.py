@@ -69,3 +69,23 @@ def test_supervisors_see_the_agencies_below_theirs(officers: Session, now: datet
     assert auth.visible_agencies(officers, auth.authenticate(officers, token, now)) == {tree.by_code["000.15.31.H19"].id}
     with pytest.raises(InvalidRequest):
         auth.set_password(officers, "desk3", "short")
+
+
+def test_roles_read_at_sign_in_serve_that_request_only(officers: Session, now: datetime) -> None:
+    """The roles read with the token answer role checks in the same transaction; a role taken away counts from the next one."""
+    from sqlalchemy import delete, select
+
+    from engine.persistence.models import Officer, OfficerRole
+
+    token, _ = auth.login(officers, "branch3", PASSWORD, now)
+    identity = auth.authenticate(officers, token, now)
+    assert identity.grants and sorted(identity.grants) == sorted(organisation.officer_agencies(officers, "branch3"))
+    agency_id, role = identity.grants[0]
+    assert organisation.holds_role(officers, "branch3", role, agency_id)
+    officer_id = officers.scalar(select(Officer.id).where(Officer.username == "branch3"))
+    officers.execute(delete(OfficerRole).where(OfficerRole.officer_id == officer_id, OfficerRole.agency_id == agency_id, OfficerRole.role == role))
+    officers.commit()
+    assert not organisation.holds_role(officers, "branch3", role, agency_id)  # a new transaction reads the roles again
+    again = auth.authenticate(officers, token, now)
+    assert (agency_id, role) not in again.grants
+    assert sorted(again.grants) == sorted(organisation.officer_agencies(officers, "branch3"))
