@@ -104,6 +104,11 @@ COMMUNE_ACCOUNTS = {
 #: The officer whose inbox is measured.
 INBOX_OFFICER = "chuyenvien.phuocan"
 
+#: Requests per second, all clients together, of the paced HTTP run: fifty
+#: times a province's average (a million dossiers a year is about 4,000 a
+#: working day; at some fifteen requests each, about 2 requests a second).
+PACED_RATE = 100.0
+
 TARGETS = {
     "calendar_per_s": (">=", 200_000),
     "sweep_s": ("<=", 1.0),
@@ -636,15 +641,18 @@ def _tokens(db: ScaleDatabase, usernames: list[str]) -> dict[str, str]:
 _HTTP_PREFIX = "HTTP-"
 
 
-def clone_dossiers(db: ScaleDatabase, per_commune: int) -> dict[str, list[int]]:
-    """``per_commune`` copies of each commune's template dossier (same workflow state, its open step copied): step ids per commune."""
+def clone_dossiers(db: ScaleDatabase, per_commune: int, label: str = "") -> dict[str, list[int]]:
+    """``per_commune`` copies of each commune's template dossier (same workflow state, its open step copied): step ids per commune.
+
+    Their codes start with ``HTTP-<label>``; each run of the HTTP scenario uses its own label.
+    """
     dossier_cols = [c.name for c in Dossier.__table__.columns if c.name not in ("id", "code")]
     task_cols = [c.name for c in Task.__table__.columns if c.name not in ("id", "dossier_id")]
     out: dict[str, list[int]] = {}
     with db.engine.begin() as conn:
         for n, commune in enumerate(COMMUNES):
             template = db.templates[commune]
-            prefix = f"{_HTTP_PREFIX}{n}-"
+            prefix = f"{_HTTP_PREFIX}{label}{n}-"
             if db.engine.dialect.name == "postgresql":
                 cols = ", ".join(dossier_cols)
                 conn.execute(text(
@@ -682,9 +690,17 @@ def _percentile(values: list[float], q: float) -> float:
 
 def http_load(
     db: ScaleDatabase, url: str, seconds: float, clients: int = 16, workers: int = 3, threads: int = 4,
-    per_commune: int | None = None, folder: Path | None = None, warmup: float = 3.0,
+    per_commune: int | None = None, folder: Path | None = None, warmup: float = 3.0, rate: float | None = None,
+    label: str = "",
 ) -> dict[str, Any]:
     """``clients`` threads for ``seconds`` against gunicorn: each reads its officer's inbox, then completes one of its own steps, in turn.
+
+    Without ``rate`` every client sends its next request as soon as the last
+    is answered (closed loop, saturation: latency is then ``clients /
+    throughput`` by Little's law). With ``rate`` (requests per second for all
+    clients together) each client follows a fixed schedule, and a request's
+    latency counts from its scheduled time, so time spent behind schedule is
+    counted too (no coordinated omission).
 
     A ``warmup`` of the same load comes first (workers load the procedure and
     fill their caches); its requests are not timed but are checked like the others.
@@ -693,16 +709,16 @@ def http_load(
     completed once, with one ``task.complete`` audit row, and every copied
     dossier has exactly its one expected open step.
     """
-    per_commune = per_commune or max(50, int((seconds + warmup) * 400 / len(COMMUNES)))
-    steps = clone_dossiers(db, per_commune)
+    per_commune = per_commune or max(50, int((seconds + warmup) * (rate or 400) / len(COMMUNES)))
+    steps = clone_dossiers(db, per_commune, label)
     officers = [COMMUNE_ACCOUNTS[c][1] for c in COMMUNES]
     tokens = _tokens(db, officers)
     # Client i works for commune i % 3 on its own share of that commune's steps.
-    shares: list[tuple[str, list[int]]] = []
+    shares: list[tuple[str, list[int], int]] = []
     for i in range(clients):
         commune = COMMUNES[i % len(COMMUNES)]
         peers = [j for j in range(clients) if j % len(COMMUNES) == i % len(COMMUNES)]
-        shares.append((COMMUNE_ACCOUNTS[commune][1], steps[commune][peers.index(i)::len(peers)]))
+        shares.append((COMMUNE_ACCOUNTS[commune][1], steps[commune][peers.index(i)::len(peers)], i))
     latencies: dict[str, list[float]] = {"inbox": [], "complete": []}
     errors: list[str] = []
     completed_ok: list[int] = []
@@ -714,16 +730,22 @@ def http_load(
         measure_from = start_at + warmup
         stop_at = measure_from + seconds
 
-        def client(username: str, mine: list[int]) -> None:
+        def client(username: str, mine: list[int], index: int) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             token = tokens[username]
             todo = iter(mine)
             local: dict[str, list[float]] = {"inbox": [], "complete": []}
             ok, tried, errs = [], [], []
+            interval = clients / rate if rate else 0.0
+            scheduled = start_at + index * interval / clients  # clients staggered over one interval
             while time.monotonic() < start_at:
                 time.sleep(0.01)
             turn = 0
             while time.monotonic() < stop_at:
+                if rate:
+                    ahead = scheduled - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
                 task_id = None
                 if turn % 2:
                     task_id = next(todo, None)
@@ -733,7 +755,8 @@ def http_load(
                         turn += 1
                         continue
                 kind = "complete" if task_id else "inbox"
-                began = time.perf_counter()
+                began = scheduled if rate else time.monotonic()
+                scheduled += interval
                 try:
                     if task_id:
                         tried.append(task_id)
@@ -742,8 +765,8 @@ def http_load(
                         status, body = _request(conn, "GET", "/api/v1/tasks/inbox?page_size=20", None, token)
                 except (http.client.HTTPException, OSError) as err:
                     status, body = 0, str(err)
-                if time.monotonic() >= measure_from:
-                    local[kind].append(time.perf_counter() - began)
+                if began >= measure_from:
+                    local[kind].append(time.monotonic() - began)
                 if status == 200:
                     if task_id:
                         ok.append(task_id)
@@ -764,7 +787,7 @@ def http_load(
         for thread in pool:
             thread.join(seconds + 120)
     every = latencies["inbox"] + latencies["complete"]
-    check = check_consistency(db, completed_ok, attempted)
+    check = check_consistency(db, completed_ok, attempted, label)
     requests = len(every)
     return {
         "p99_ms": _figure("http_p99_ms", round(_percentile(every, 0.99) * 1000, 1), "ms", 1),
@@ -777,6 +800,7 @@ def http_load(
         "inbox_p99_ms": round(_percentile(latencies["inbox"], 0.99) * 1000, 1),
         "complete_p50_ms": round(_percentile(latencies["complete"], 0.5) * 1000, 1),
         "complete_p99_ms": round(_percentile(latencies["complete"], 0.99) * 1000, 1),
+        "mode": f"paced at {rate:g} requests/s in all" if rate else "closed loop (saturation)",
         "clients": clients, "seconds": seconds, "warmup_s": warmup, "workers": workers, "threads_per_worker": threads, "worker_class": "gthread",
         "clients_out_of_steps": ran_out[0] > 0,
         "consistency": check,
@@ -785,18 +809,18 @@ def http_load(
     }
 
 
-def check_consistency(db: ScaleDatabase, completed_ok: list[int], attempted: list[int]) -> dict[str, int]:
-    """Count lost and doubled steps among the copied dossiers after an HTTP run."""
+def check_consistency(db: ScaleDatabase, completed_ok: list[int], attempted: list[int], label: str = "") -> dict[str, int]:
+    """Count lost and doubled steps among the copied dossiers of the HTTP run ``label``."""
     with db.sessions() as session:
         rows = session.execute(
             select(Task.id, Task.dossier_id, Task.step_id, Task.state)
             .join(Dossier, Dossier.id == Task.dossier_id)
-            .where(Dossier.code.like(f"{_HTTP_PREFIX}%"))
+            .where(Dossier.code.like(f"{_HTTP_PREFIX}{label}%"))
         ).all()
         audits = session.execute(
             select(AuditEvent.task_id, func.count())
             .join(Dossier, Dossier.id == AuditEvent.dossier_id)
-            .where(Dossier.code.like(f"{_HTTP_PREFIX}%"), AuditEvent.action == "task.complete")
+            .where(Dossier.code.like(f"{_HTTP_PREFIX}{label}%"), AuditEvent.action == "task.complete")
             .group_by(AuditEvent.task_id)
         ).all()
     completed = {r.id for r in rows if r.state == TaskState.COMPLETED}
@@ -944,7 +968,12 @@ def run(quick: bool, postgres_url: str | None, sqlite_dir: Path | None = None) -
                     db = prepare(engine, sizes["pg_tasks"], sizes["pg_overdue"], with_passwords=True)
                     figures["sweep_postgres"] = sweep_timing(db, sizes["pg_sweep_runs"])
                     figures["inbox_postgres"] = inbox_latency(db, sizes["inbox_calls"])
-                    figures["http_postgres"] = http_load(db, url, sizes["http_seconds"], folder=folder, warmup=sizes["http_warmup"])
+                    figures["http_postgres"] = http_load(
+                        db, url, sizes["http_seconds"], folder=folder, warmup=sizes["http_warmup"], label="s",
+                    )
+                    figures["http_paced_postgres"] = http_load(
+                        db, url, sizes["http_seconds"], folder=folder, warmup=sizes["http_warmup"], rate=PACED_RATE, label="p",
+                    )
                     figures["memory_postgres"] = memory_curve(db, url, sizes["memory_dossiers"], folder=folder)
                     with engine.connect() as conn:
                         figures["postgres_settings"] = {

@@ -97,6 +97,14 @@ def test_http_and_memory_count_what_really_happened(db_engine: Engine, tmp_path:
         session.commit()
     assert bench_scale.check_consistency(db, [done.id], [done.id])["doubled"] == 1
 
+    # Paced: the clients keep to the schedule (about rate × seconds requests), and a second run's dossiers are checked on their own.
+    paced = bench_scale.http_load(db, url, seconds=2, clients=3, workers=1, threads=3, per_commune=20, folder=tmp_path,
+                                  warmup=0.5, rate=10, label="p")
+    assert paced["errors"]["value"] == 0, paced["errors"]["first"]
+    assert 15 <= paced["requests"] <= 25
+    assert paced["consistency"]["completed_steps"] == paced["consistency"]["client_completed"] > 0
+    assert paced["consistent"] is True
+
     memory = bench_scale.memory_curve(db, url, dossiers=6, clients=2, folder=tmp_path)
     assert memory["errors"] == 0, memory["first_errors"]
     assert memory["processed_in_database"] == 6
