@@ -1,7 +1,8 @@
 """Engine benchmark: persisted dossiers per second against raw SpiffWorkflow.
 
 Run ``motcua bench`` (``--quick`` for a short run, ``--postgres URL`` to add
-PostgreSQL). Prints one JSON object, then a readable table. Every figure is
+PostgreSQL). ``motcua bench`` also runs the scale scenarios of
+:mod:`engine.bench_scale`; it prints one JSON object, then readable tables. Every figure is
 the median of repeated, interleaved runs; a ratio is the median of the
 per-run ratios.
 
@@ -13,7 +14,10 @@ between steps must do, and the one the persisted figures are held against.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import platform
 import statistics
 import tempfile
 import time
@@ -180,29 +184,53 @@ def rework_growth(engine: Engine, rounds: int, dossiers: int) -> dict[str, float
     }
 
 
-def _fresh_postgres(url: str) -> Engine:
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    migrate(engine)
-    return engine
+#: Targets of the engine scenarios: (comparison, bound).
+TARGETS = {
+    "sqlite_over_raw_in_memory": (">=", 0.5),
+    "postgres_over_raw_in_memory": (">=", 0.5),
+    "postgres_per_s": (">=", 100.0),
+    "rework_sqlite.step_50_over_step_1": ("<=", 1.5),
+    "rework_postgres.step_50_over_step_1": ("<=", 1.5),
+}
 
 
-def run(quick: bool = False, postgres_url: str | None = None) -> dict[str, Any]:
+def _targets(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each targeted figure present in ``figures`` with its target and whether it is met."""
+    out = {}
+    for name, (op, bound) in TARGETS.items():
+        head, _, tail = name.partition(".")
+        value = figures.get(head, {}).get(tail) if tail else figures.get(head)
+        if value is None:
+            continue
+        met = value >= bound if op == ">=" else value <= bound
+        out[name] = {"value": value, "target": f"{'≥' if op == '>=' else '≤'} {bound:g}", "met": met}
+    return out
+
+
+def run(quick: bool = False, postgres_url: str | None = None, count: int | None = None, runs: int | None = None) -> dict[str, Any]:
     """Run every scenario and return the figures.
+
+    ``postgres_url`` names a PostgreSQL server (any database on it): the
+    benchmark creates its own database there and drops it afterwards.
 
     The throughput scenarios are interleaved: each run measures every one of
     them once, so a ratio compares figures taken moments apart; the medians
     over the runs are reported.
     """
-    count, runs = (30, 5) if quick else (150, 7)
+    from .bench_scale import create_database
+
+    default_count, default_runs = (30, 5) if quick else (150, 7)
+    count, runs = count or default_count, runs or default_runs
     rounds, loop_dossiers = (50, 3) if quick else (50, 9)
     result: dict[str, Any] = {"quick": quick, "dossiers_per_run": count, "runs": runs, "procedure_steps": 6}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         sqlite_engine = make_engine(f"sqlite:///{Path(tmp) / 'bench.sqlite3'}")
         migrate(sqlite_engine)
-        pg_engine = _fresh_postgres(postgres_url) if postgres_url else None
+        pg_engine = None
+        if postgres_url:
+            pg_engine = make_engine(stack.enter_context(create_database(postgres_url, prefix="motcua_bench")))
+            stack.callback(pg_engine.dispose)
+            migrate(pg_engine)
         scenarios: dict[str, Callable[[], None]] = {
             "raw_in_memory": raw_in_memory(count),
             "raw_with_serializer": raw_with_serializer(count),
@@ -232,14 +260,19 @@ def run(quick: bool = False, postgres_url: str | None = None) -> dict[str, Any]:
                     name: conn.execute(text(f"SHOW {name}")).scalar() for name in ("server_version", "fsync", "synchronous_commit")
                 }
             result["rework_postgres"] = rework_growth(pg_engine, rounds, loop_dossiers)
-            pg_engine.dispose()
+    result["targets"] = _targets(result)
     return result
 
 
 def table(figures: dict[str, Any]) -> str:
-    """The figures as aligned ``name  value`` lines."""
-    lines = []
+    """The figures as aligned ``name  value`` lines, the targets first."""
+    lines = [f"{'engine scenario':<40} {'median':>10}  {'target':<8} met"]
+    for name, figure in figures.get("targets", {}).items():
+        lines.append(f"{name:<40} {figure['value']:>10}  {figure['target']:<8} {'yes' if figure['met'] else 'NO'}")
+    lines.append("")
     for key, value in figures.items():
+        if key == "targets":
+            continue
         if isinstance(value, dict):
             for sub, sub_value in value.items():
                 lines.append(f"{key}.{sub:<28} {sub_value}")
@@ -248,9 +281,29 @@ def table(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(quick: bool, postgres_url: str | None) -> None:
-    figures = run(quick=quick, postgres_url=postgres_url)
-    print(json.dumps(figures, ensure_ascii=False))
-    print()
-    print(table(figures))
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    memory_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")), 0) if Path("/proc/meminfo").exists() else 0
+    return {
+        "cpus": os.cpu_count(), "cpu": cpu, "memory_gb": round(memory_kb / 1024 / 1024, 1),
+        "python": platform.python_version(), "system": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
+
+def main(quick: bool, postgres_url: str | None, scale: bool = True) -> None:
+    """Every scenario (engine, then scale), one JSON object, then the tables."""
+    figures: dict[str, Any] = {"machine": machine(), "engine": run(quick=quick, postgres_url=postgres_url)}
+    if scale:
+        from . import bench_scale
+
+        figures["scale"] = bench_scale.run(quick=quick, postgres_url=postgres_url)
+    print(json.dumps(figures, ensure_ascii=False, default=str))
+    print()
+    print(table(figures["engine"]))
+    if scale:
+        print()
+        print(bench_scale.table(figures["scale"]))

@@ -406,20 +406,18 @@ def worker(ctx: click.Context, sweep_seconds: int) -> None:
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="Smaller data, a run of about a minute.")
-@click.option("--postgres", "postgres_url", envvar="MOTCUA_BENCH_POSTGRES_URL", default=None, help="PostgreSQL URL of a scratch database (its public schema is dropped).")
-@click.option("--scale", "scale_url", default=None, metavar="URL",
-              help="Also the scale scenarios (deadline sweep and inbox over a million open steps, HTTP under gunicorn, "
-                   "calendar, memory) on this PostgreSQL server, which gets databases named motcua_scale_*.")
-def bench(quick: bool, postgres_url: str | None, scale_url: str | None) -> None:
-    """Benchmark the engine; prints JSON and a table of medians."""
+@click.option("--quick", is_flag=True, help="Smaller data: the same figures in about two minutes.")
+@click.option("--postgres", "postgres_url", envvar="MOTCUA_BENCH_POSTGRES_URL", default=None, metavar="URL",
+              help="PostgreSQL server to measure on as well; the benchmark creates its own databases there (motcua_bench_*, "
+                   "motcua_scale_*) and drops them afterwards.")
+@click.option("--scale/--no-scale", default=True,
+              help="Also the scale scenarios: calendar, deadline sweep and inbox over a million open steps, HTTP under "
+                   "gunicorn (PostgreSQL), a web worker's memory (default: on).")
+def bench(quick: bool, postgres_url: str | None, scale: bool) -> None:
+    """Benchmark the engine: one JSON object of medians, then tables with the targets."""
     from . import bench as bench_module
 
-    bench_module.main(quick=quick, postgres_url=postgres_url)
-    if scale_url:
-        from . import bench_scale
-
-        bench_scale.main([*(["--quick"] if quick else []), "--postgres", scale_url])
+    bench_module.main(quick=quick, postgres_url=postgres_url, scale=scale)
 
 
 @main.command("bench-reports")
