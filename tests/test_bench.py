@@ -6,7 +6,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from engine import bench, services
-from engine.persistence.models import Dossier, Task, TaskState
+from engine.persistence.models import AuditEvent, Dossier, Task, TaskState
 
 
 def test_a_persisted_run_takes_every_dossier_through_every_step(db_engine: Engine) -> None:
@@ -50,5 +50,16 @@ def test_a_small_run_prints_rates_and_ratios_taken_together() -> None:
     expected = figures["sqlite_per_s"] / figures["raw_in_memory_per_s"]
     assert abs(figures["sqlite_over_raw_in_memory"] - expected) <= 0.002 + expected * 0.01
     assert set(figures["targets"]) == {"sqlite_over_raw_in_memory", "rework_sqlite.step_50_over_step_1"}
+    assert 0 < figures["sqlite_bound_over_raw_in_memory"] < 1 and figures["sqlite_writes_only_per_s"] > 0
     text = bench.table(figures)
     assert "sqlite_over_raw_in_memory" in text.splitlines()[1]
+
+
+def test_the_writes_only_floor_writes_what_a_dossier_writes(db_engine: Engine) -> None:
+    bench.writes_only(db_engine, 2)()
+    with Session(db_engine) as session:
+        dossiers = session.scalars(select(Dossier.id).where(Dossier.code.like("W-%"))).all()
+        steps = session.scalar(select(func.count()).select_from(Task).where(Task.dossier_id.in_(dossiers), Task.state == "completed"))
+        audits = session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.dossier_id.in_(dossiers)))
+        revisions = session.scalars(select(Dossier.revision).where(Dossier.id.in_(dossiers))).all()
+    assert len(dossiers) == 2 and steps == 12 and audits == 2 * (2 + 6 + 5) and revisions == [7, 7]
