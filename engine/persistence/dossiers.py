@@ -148,6 +148,15 @@ _LOCK = (
 # Plain comparisons, not IN: an IN list is re-rendered at every execution.
 _IS_OPEN = or_(*(_T.c.state == literal_column(f"'{state}'") for state in TaskState.OPEN))
 _OPEN_TASKS = select(_T).where(_T.c.dossier_id == bindparam("dossier_id"), _IS_OPEN).order_by(_T.c.id)
+_SIBLING = _T.alias("sibling")
+# The open steps of the dossier owning a task, by the task's id: sent right
+# behind _LOCK (one round trip on PostgreSQL); it runs once the lock is held,
+# with a snapshot of its own, so it sees the change that held the lock.
+_OPEN_TASKS_OF_TASK = (
+    select(_T)
+    .where(_T.c.dossier_id == select(_SIBLING.c.dossier_id).where(_SIBLING.c.id == bindparam("task_id")).scalar_subquery(), _IS_OPEN)
+    .order_by(_T.c.id)
+)
 _OPEN_TASKS_BY_CODE = (
     select(_T)
     .join(_D, _D.c.id == _T.c.dossier_id)
@@ -216,14 +225,16 @@ def lock_dossier_with_open_tasks(session: Session, task_id: int) -> tuple[Dossie
 
     Two statements on purpose: on PostgreSQL a statement that waits for the
     dossier's lock re-reads only the locked row, so open steps read in the same
-    statement could be those of before the change that held the lock.
+    statement could be those of before the change that held the lock. The
+    second runs after the first has the lock, in a snapshot of its own; both
+    go in one round trip (pipeline mode).
     """
     connection = session.connection()
-    _keys, locked = _fetch(connection, _LOCK, {"task_id": task_id})
+    params = {"task_id": task_id}
+    (_k1, locked), (_k2, rows) = _fetch_all(connection, [(_LOCK, params), (_OPEN_TASKS_OF_TASK, params)])
     if not locked:
         return None, []
     record = DossierRecord(**dict(zip(_RECORD_FIELDS, locked[0])))
-    _keys, rows = _fetch(connection, _OPEN_TASKS, {"dossier_id": record.id})
     return record, [OpenTask._make(row) for row in rows]
 
 
@@ -505,22 +516,46 @@ _RESULT_PROCESSORS: dict[int, list[Any]] = {}
 
 
 def _fetch(connection: Connection, stmt: Any, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run a SELECT on the driver's connection: its column keys and rows, values
-    converted as SQLAlchemy would (aware datetimes, JSON, …), without the
-    per-execution overhead of a SQLAlchemy result."""
+    """Run a SELECT on the driver's connection: its column keys and rows (see :func:`_fetch_all`)."""
+    return _fetch_all(connection, [(stmt, params)])[0]
+
+
+def _fetch_all(connection: Connection, queries: list[tuple[Any, dict[str, Any]]]) -> list[tuple[list[str], list[tuple[Any, ...]]]]:
+    """Run SELECTs in order on the driver's connection: each one's column keys
+    and rows, values converted as SQLAlchemy would (aware datetimes, JSON, …),
+    without the per-execution overhead of a SQLAlchemy result. With psycopg
+    they all go in one round trip (pipeline mode); each still runs after the
+    one before it has finished."""
     dialect = connection.dialect
-    compiled = _compiled(stmt, dialect, tuple(sorted(params)))
-    [values] = _driver_parameters(compiled, [params])
     raw = connection.connection.driver_connection
-    cursor = raw.cursor()
+    prepared = []
+    for stmt, params in queries:
+        compiled = _compiled(stmt, dialect, tuple(sorted(params)))
+        [values] = _driver_parameters(compiled, [params])
+        prepared.append((compiled, values))
+    cursors = [raw.cursor() for _ in prepared]
+    statement, values = "", None
     try:
-        cursor.execute(compiled.string, values)
-        rows = cursor.fetchall()
-        description = cursor.description
+        if len(prepared) > 1 and _pipeline_supported(dialect):
+            with raw.pipeline():
+                for cursor, (compiled, values) in zip(cursors, prepared):
+                    statement = compiled.string
+                    cursor.execute(statement, values)
+            statement, values = "(pipeline)", None
+        else:
+            for cursor, (compiled, values) in zip(cursors, prepared):
+                statement = compiled.string
+                cursor.execute(statement, values)
+        fetched = [(cursor.fetchall(), cursor.description) for cursor in cursors]
     except dialect.loaded_dbapi.Error as err:
-        raise DBAPIError.instance(compiled.string, values, err, dialect.loaded_dbapi.Error, dialect=dialect) from err
+        raise DBAPIError.instance(statement, values, err, dialect.loaded_dbapi.Error, dialect=dialect) from err
     finally:
-        cursor.close()
+        for cursor in cursors:
+            cursor.close()
+    return [_converted(dialect, compiled, rows, description) for (compiled, _v), (rows, description) in zip(prepared, fetched)]
+
+
+def _converted(dialect: Dialect, compiled: Compiled, rows: list[Any], description: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
     columns = compiled._result_columns
     processors = _RESULT_PROCESSORS.get(id(compiled))
     if processors is None:
