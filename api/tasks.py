@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -37,7 +38,8 @@ class Inbox(MethodView):
     @login_required
     def get(self, args: dict[str, Any]) -> Any:
         """My claimed steps, and the steps offered to my roles at my agencies — most urgent first, a page of each."""
-        return services.inbox(db_session(), current().username, limit=args["page_size"], offset=(args["page"] - 1) * args["page_size"])
+        page = services.inbox(db_session(), current().username, limit=args["page_size"], offset=(args["page"] - 1) * args["page_size"])
+        return current_app.json.response({"mine": [schemas.task_out(t) for t in page.mine], "queue": [schemas.task_out(t) for t in page.queue]})
 
 
 @bp.route("/<int:task_id>/claim")

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from waitress import create_server
 
+from api import schemas
 from api.app import create_app
 from engine import auth, organisation, services
 
@@ -296,3 +297,22 @@ def test_administrators_manage_the_organisation(client: Client) -> None:
     assert {"agency": "000.17.24.H19", "role": "receptionist"} in next(o for o in officers if o["username"] == "moi.desk")["roles"]
     status, agencies, _ = client.call("GET", "/api/v1/agencies?page_size=200")
     assert "000.17.24.H19" in [a["code"] for a in agencies]
+
+
+def test_the_inbox_answers_exactly_what_its_schema_describes(client: Client, db_engine: Engine) -> None:
+    """The inbox skips marshmallow for speed: its JSON must equal the documented schema's dump of the same rows."""
+    desk = client.login("lan.desk")
+    for _ in range(3):
+        assert _receive(client, desk)[0] == 201
+    status, page, _ = client.call("GET", "/api/v1/tasks/inbox?page_size=2", desk)
+    assert status == 200
+    with Session(db_engine) as session:
+        expected = schemas.InboxOut().dump(services.inbox(session, "lan.desk", limit=2))
+    assert page == json.loads(json.dumps(expected)) and len(page["queue"]) == 2
+    claimed = page["queue"][0]["id"]
+    assert client.call("POST", f"/api/v1/tasks/{claimed}/claim", desk)[0] == 200
+    status, page, _ = client.call("GET", "/api/v1/tasks/inbox", desk)
+    with Session(db_engine) as session:
+        expected = schemas.InboxOut().dump(services.inbox(session, "lan.desk"))
+    assert page == json.loads(json.dumps(expected)) and [t["id"] for t in page["mine"]] == [claimed]
+    assert page["mine"][0]["assignee"] == "lan.desk" and page["mine"][0]["due_at"]
