@@ -1,11 +1,12 @@
 """Notification delivery through a transactional outbox (e-mail, SMS, Zalo, log).
 
-Use cases call :func:`enqueue` inside their own transaction; a background
-sender (:func:`run_forever`, or :func:`deliver_due` from a scheduler job)
-claims due messages, delivers them through :class:`Channel` objects built by
-:func:`channels_from_settings`, and records the outcome with retries and
-exponential backoff. Delivery is at-least-once; the outbox id travels as
-``Message-ID`` / ``Idempotency-Key`` so receivers can drop duplicates.
+Use cases call :func:`enqueue` (:func:`enqueue_many` for many at once) inside
+their own transaction; a background sender (:func:`run_forever`, or
+:func:`deliver_due` from a scheduler job) claims due messages, delivers them
+through :class:`Channel` objects built by :func:`channels_from_settings`, and
+records the outcome with retries and exponential backoff. Delivery is
+at-least-once; the outbox id travels as ``Message-ID`` / ``Idempotency-Key``
+so receivers can drop duplicates.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .outbox import (
     claim_due,
     deliver_due,
     enqueue,
+    enqueue_many,
     run_forever,
 )
 
@@ -61,6 +63,7 @@ __all__ = [
     "claim_due",
     "deliver_due",
     "enqueue",
+    "enqueue_many",
     "mask_recipient",
     "message_key",
     "run_forever",

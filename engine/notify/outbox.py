@@ -4,6 +4,7 @@ Writing
     :func:`enqueue` adds a ``pending`` row to the caller's session and does
     not commit: the notification exists if and only if the change that caused
     it commits.
+    :func:`enqueue_many` writes many such rows in one bulk ``INSERT``.
 
 Delivering
     :func:`deliver_due` runs one pass:
@@ -54,12 +55,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, Table, and_, exists, not_, select, update
+from sqlalchemy import CursorResult, Table, and_, exists, insert, not_, select, update
 from sqlalchemy.orm import Session
 
 from engine.persistence.models import OutboxMessage
@@ -78,6 +79,7 @@ __all__ = [
     "claim_due",
     "deliver_due",
     "enqueue",
+    "enqueue_many",
     "run_forever",
 ]
 
@@ -141,6 +143,33 @@ def backoff(attempts: int, base: timedelta = BACKOFF_BASE, cap: timedelta = BACK
     return min(base * (1 << exponent), cap)
 
 
+def _message_row(
+    *, channel: str, recipient: str, subject: str, body: str, event: str, now: datetime, dossier_id: int | None
+) -> dict[str, Any]:
+    """The columns of a new ``pending`` outbox row, due at ``now`` (checked as :func:`enqueue` documents)."""
+    if channel not in CHANNEL_NAMES:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {sorted(CHANNEL_NAMES)}")
+    if not recipient or not recipient.strip():
+        raise ValueError("a notification needs a recipient")
+    if not event:
+        raise ValueError("a notification needs an event name")
+    _aware(now)
+    return {
+        "created_at": now,
+        "channel": channel,
+        "recipient": recipient.strip(),
+        "subject": subject or "",
+        "body": body or "",
+        "event": event,
+        "dossier_id": dossier_id,
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "last_error": None,
+        "sent_at": None,
+    }
+
+
 def enqueue(
     session: Session,
     *,
@@ -157,29 +186,35 @@ def enqueue(
     The caller's commit writes it together with the change that caused it; a
     rollback discards both. ``id`` is assigned at the next flush.
     """
-    if channel not in CHANNEL_NAMES:
-        raise ValueError(f"unknown channel {channel!r}; expected one of {sorted(CHANNEL_NAMES)}")
-    if not recipient or not recipient.strip():
-        raise ValueError("a notification needs a recipient")
-    if not event:
-        raise ValueError("a notification needs an event name")
-    _aware(now)
     message = OutboxMessage(
-        created_at=now,
-        channel=channel,
-        recipient=recipient.strip(),
-        subject=subject or "",
-        body=body or "",
-        event=event,
-        dossier_id=dossier_id,
-        state="pending",
-        attempts=0,
-        next_attempt_at=now,
-        last_error=None,
-        sent_at=None,
+        **_message_row(
+            channel=channel, recipient=recipient, subject=subject, body=body, event=event, now=now, dossier_id=dossier_id
+        )
     )
     session.add(message)
     return message
+
+
+def enqueue_many(session: Session, messages: Iterable[Mapping[str, Any]], now: datetime) -> int:
+    """Write many ``pending`` messages, due at ``now``, in one bulk ``INSERT`` — without committing.
+
+    Each mapping holds :func:`enqueue`'s keyword arguments except ``now``
+    (``channel``, ``recipient``, ``subject``, ``body``, ``event`` and
+    optionally ``dossier_id``); the rows are exactly those :func:`enqueue`
+    would add, in the given order. Every message is checked before any is
+    written: one bad message raises ``ValueError`` and writes none. Returns
+    the number of messages written.
+    """
+    rows = [
+        _message_row(
+            channel=m["channel"], recipient=m["recipient"], subject=m["subject"], body=m["body"], event=m["event"],
+            now=now, dossier_id=m.get("dossier_id"),
+        )
+        for m in messages
+    ]
+    if rows:
+        session.execute(insert(_TABLE), rows)
+    return len(rows)
 
 
 def _execute(session: Session, statement: Any) -> CursorResult[Any]:
