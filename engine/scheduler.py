@@ -1,4 +1,5 @@
-"""Background jobs (APScheduler): the deadline sweep, the outbox sender and the portal feeder.
+"""Background jobs (APScheduler): the deadline sweep, the outbox sender, the portal feeder
+and the refresh of the reports' stored facts.
 
 The portal feeder (:func:`engine.portal.feed`) runs when a push URL is
 configured (``MOTCUA_PORTAL_PUSH_URL``); it only queues messages, which the
@@ -25,7 +26,10 @@ from .core.calendar import VN_TZ
 if TYPE_CHECKING:
     from . import portal
 
-__all__ = ["build_scheduler", "run_portal_feed", "run_sweep"]
+__all__ = ["build_scheduler", "run_portal_feed", "run_report_refresh", "run_sweep"]
+
+#: How often the reports' stored facts are brought up to date, in seconds.
+REPORT_REFRESH_SECONDS = 300
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,20 @@ def run_portal_feed(
     return total
 
 
+def run_report_refresh(sessions: Callable[[], Session]) -> dict[str, int]:
+    """Store the steps and dossiers finished since the last refresh (see
+    :func:`engine.reports.refresh_times`), so that a report has little left to add."""
+    from . import reports, services
+
+    with sessions() as session:
+        calendar = services.load_calendar(session)
+        engine = session.get_bind()
+    counts = reports.refresh_times(engine, calendar)
+    if any(counts.values()):
+        log.info("report facts: %s steps, %s dossiers stored", counts.get("steps", 0), counts.get("dossiers", 0))
+    return counts
+
+
 def build_scheduler(
     sessions: Callable[[], Session],
     deliver: Callable[[datetime], object] | None = None,
@@ -85,6 +103,8 @@ def build_scheduler(
     if deliver is not None:
         scheduler.add_job(lambda: deliver(clock()), "interval", seconds=deliver_seconds, id="outbox-sender",
                           max_instances=1, coalesce=True, next_run_time=_now())
+    scheduler.add_job(run_report_refresh, "interval", seconds=REPORT_REFRESH_SECONDS, args=[sessions], id="report-refresh",
+                      max_instances=1, coalesce=True, next_run_time=_now())
     if settings.portal_push_url:
         scheduler.add_job(run_portal_feed, "interval", seconds=int(settings.portal_interval or 15),
                           args=[sessions, clock, settings.portal_push_all], id="portal-feeder",

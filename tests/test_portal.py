@@ -580,9 +580,9 @@ def test_the_worker_runs_the_feeder_and_sends_through_the_portal_channel(tmp_pat
     settings = config.load({}, instance_path=str(tmp_path), portal_push_url="https://dvc.example.vn/hoso", portal_push_token="t",
                            portal_interval="30")
     scheduler = build_scheduler(lambda: None, deliver=lambda now: None, settings=settings)  # type: ignore[arg-type,return-value]
-    assert {job.id for job in scheduler.get_jobs()} == {"escalation-sweep", "outbox-sender", "portal-feeder"}
+    assert {job.id for job in scheduler.get_jobs()} == {"escalation-sweep", "outbox-sender", "portal-feeder", "report-refresh"}
     plain = build_scheduler(lambda: None, settings=config.load({}, instance_path=str(tmp_path)))  # type: ignore[arg-type,return-value]
-    assert {job.id for job in plain.get_jobs()} == {"escalation-sweep"}
+    assert {job.id for job in plain.get_jobs()} == {"escalation-sweep", "report-refresh"}
     channels = channels_from_settings(settings)
     assert isinstance(channels["portal"], PortalChannel) and channels["portal"].url == "https://dvc.example.vn/hoso"
     assert channels["portal"].token == "t"

@@ -9,19 +9,21 @@ import io
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from openpyxl import load_workbook
 from pypdf import PdfReader
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from engine import auth, exports, lifecycle, organisation, public, reports, services
+from engine import auth, config, exports, lifecycle, organisation, public, reports, scheduler, services
 from engine.core.calendar import VN_TZ
 from engine.errors import Forbidden, InvalidRequest, NotFound
+from engine.persistence.models import Dossier, Task
 
 from .conftest import FIXTURES, fixture_bytes
 
@@ -484,3 +486,139 @@ def test_handling_times_follow_a_change_of_the_calendar(session: Session, histor
     after = _one(reports.on_time(session, START, END, "agency", now=NOW), agency_code=XA)
     assert (after["avg_days"], after["p90_days"]) == (round(70 / 6 / 8, 2), 3.0)
     assert (after["early"], after["on_time"], after["late"]) == (3, 1, 2)  # judgements stay as made
+
+
+# --------------------------------------------------------------------------- stored facts
+
+
+def _random_history(session: Session, seed: int, dossiers: int = 14) -> None:
+    """Dossiers received at random instants of 23/2–13/3/2026, handled at random speeds:
+    some paused for a supplement, some returned for rework, some left open."""
+    import random
+
+    rng = random.Random(seed)
+    calendar = services.load_calendar(session)
+
+    def later(at: datetime, most_hours: float) -> datetime:
+        return calendar.add_working_time(at, timedelta(minutes=rng.randrange(5, int(most_hours * 60))))
+
+    for n in range(dossiers):
+        received = calendar.next_working_instant(vn(2026, 2, 23, 7, 30) + timedelta(minutes=rng.randrange(0, 18 * 24 * 60)))
+        code = _dossier(session, f"R{n}", received, channel=rng.choice(("online", "in_person")))
+        at = later(received, 6)
+        _step(session, code, "tiep_nhan", "lan.desk", at, at := later(at, 10))
+        if rng.random() < 0.15:
+            continue  # handling never claimed
+        claimed = later(at, 8)
+        task_id = _step(session, code, "xu_ly", "hung.xa", claimed, None)
+        at = later(claimed, 4)
+        fate = rng.random()
+        if fate < 0.2:
+            lifecycle.request_supplement(session, code, ["Bản sao giấy tờ"], "hung.xa", at)
+            at = later(at, 12)
+            lifecycle.resume(session, code, "lan.desk", at)
+            at = later(at, 4)
+        elif fate < 0.35:
+            lifecycle.return_to_previous(session, task_id, "Thiếu giấy tờ", "hung.xa", at)
+            services.complete_task(session, _tasks(session, code)["tiep_nhan"], {}, actor="lan.desk", now=(at := later(at, 3)))
+            _step(session, code, "xu_ly", "hung.xa", (at := later(at, 3)), None)
+        if rng.random() < 0.85:
+            services.complete_task(session, _tasks(session, code)["xu_ly"], {}, actor="hung.xa", now=later(at, 30))
+
+
+def _every_figure(session: Session, start: datetime, end: datetime, now: datetime, scope: Any) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for group_by, level in (("agency", "dossier"), ("agency", "step"), ("procedure", "dossier"), ("procedure", "step"),
+                            ("officer", "step"), ("step", "step")):
+        figures[f"on_time/{group_by}/{level}"] = reports.on_time(session, start, end, group_by, now=now, level=level, agencies=scope)
+    for rank_by in ("late_share", "working"):
+        figures[f"bottlenecks/{rank_by}"] = reports.bottlenecks(session, CODE, start, end, now=now, agencies=scope, rank_by=rank_by)
+    for metric in ("finished", "late", "early", "in_progress", "overdue", "cancelled", "received", "carried_over"):
+        figures[f"drill/{metric}"] = reports.drill_down(session, start, end, "step", CODE, metric, now=now, step="xu_ly", agencies=scope)
+        if metric in reports.BOTTLENECK_METRICS:
+            figures[f"bottleneck_drill/{metric}"] = reports.bottleneck_drill_down(session, CODE, start, end, metric, now=now, agencies=scope)
+    figures["satisfaction"] = reports.satisfaction(session, start, end, now=now, agencies=scope)
+    return figures
+
+
+@pytest.mark.parametrize("seed", [7, 2026])
+def test_stored_facts_give_the_row_level_figures(session: Session, db_engine: Engine, seed: int) -> None:
+    """On a random history, every report read from the stored facts equals the same report
+    computed row by row from the live tables, for whole and cut periods and for scopes."""
+    _load_org(session)
+    services.deploy(session, {"simple.bpmn": SIMPLE}, actor="designer", now=vn(2026, 2, 2, 8))
+    _random_history(session, seed)
+    periods = [
+        (vn(2026, 3, 1), vn(2026, 4, 1), vn(2026, 4, 20, 9)),  # the whole month, seen later
+        (vn(2026, 2, 24, 13, 17), vn(2026, 3, 9, 10, 41), vn(2026, 3, 9, 10, 41)),  # cut mid-day, seen at its end
+        (vn(2026, 3, 2), vn(2026, 3, 6), vn(2026, 3, 20, 9)),
+        (vn(2026, 1, 1), vn(2026, 12, 31), vn(2026, 3, 10, 15)),  # not over yet
+    ]
+    with Session(db_engine) as live:
+        live.info[reports.ROW_LEVEL] = True
+        for start, end, now in periods:
+            for scope in (None, reports.scope_of(session, XA, None), frozenset()):
+                stored = _every_figure(session, start, end, now, scope)
+                assert stored == _every_figure(live, start, end, now, scope), (start, end, scope)
+        for code in ("Q1-2026", "2026"):
+            assert reports.periodic_report(session, PROVINCE, code, now=NOW) == reports.periodic_report(live, PROVINCE, code, now=NOW)
+    # Not vacuous: the history has finished, late, returned and open steps.
+    handle = _one(reports.on_time(session, *periods[0][:2], "step", now=periods[0][2]), step_id="xu_ly")
+    assert handle["finished"] > 3 and handle["cancelled"] + handle["in_time"] + handle["overdue"] >= 1
+
+
+def test_stored_step_seconds_and_p90_are_exact(session: Session, history: History) -> None:
+    """The stored working seconds of a step equal the calendar's working time (less pauses),
+    and the 90th percentile is the nearest-rank one of those seconds."""
+    import math
+
+    calendar = services.load_calendar(session)
+    row = _one(reports.on_time(session, START, END, "step", now=NOW), step_id="xu_ly")
+    steps = reports.REPORT_STEPS
+    stored = session.execute(
+        select(steps.c.task_id, steps.c.duration, steps.c.waiting, steps.c.working, steps.c.category).where(steps.c.step_id == "xu_ly")
+    ).all()
+    tasks = {t.id: t for t in session.scalars(select(Task).where(Task.step_id == "xu_ly"))}
+    paused = session.scalar(select(Dossier.id).where(Dossier.code == history.codes["E"]))
+    durations = []
+    for task_id, duration, waiting, working, category in stored:
+        task = tasks[task_id]
+        if category == "cancelled":
+            assert (duration, waiting, working) == (None, None, None)
+            continue
+        expected = calendar.working_time_between(task.started_at, task.completed_at).total_seconds()
+        if task.dossier_id == paused:  # E: 9.5 working hours paused
+            expected -= 9.5 * 3600
+        assert duration == expected and waiting + working == duration, task_id
+        durations.append(duration)
+    assert len(durations) == row["finished"] == 6
+    p90 = sorted(durations)[math.ceil(0.9 * len(durations)) - 1]
+    assert row["p90_days"] == round(p90 / calendar.standard_day.total_seconds(), 2)
+    assert row["avg_days"] == round(sum(durations) / len(durations) / calendar.standard_day.total_seconds(), 2)
+
+
+def test_refresh_adds_new_steps_and_reports_follow(session: Session, db_engine: Engine, history: History) -> None:
+    """Steps finished after a report are stored by the next refresh (the worker's or a
+    report's), once; the figures then count them."""
+    before = _one(reports.on_time(session, START, END, "step", now=NOW), step_id="xu_ly")
+    reception_before = _one(reports.on_time(session, START, END, "step", now=NOW), step_id="tiep_nhan")
+    assert reports.refresh_times(db_engine, services.load_calendar(session)) == {"steps": 0, "dossiers": 0, "returns": 0}
+    d = history.codes["D"]
+    services.complete_task(session, _tasks(session, d)["xu_ly"], {}, actor="hung.xa", now=vn(2026, 3, 9, 9))
+    code = _dossier(session, "H", vn(2026, 3, 9, 8))
+    _step(session, code, "tiep_nhan", "lan.desk", vn(2026, 3, 9, 8, 30), vn(2026, 3, 9, 9, 30))
+    # The worker's job stores the two new steps and the finished dossier D.
+    sessions = lambda: Session(db_engine)  # noqa: E731
+    assert scheduler.run_report_refresh(sessions) == {"steps": 2, "dossiers": 1, "returns": 0}
+    assert reports.refresh_times(db_engine, services.load_calendar(session)) == {"steps": 0, "dossiers": 0, "returns": 0}
+    after = _one(reports.on_time(session, START, END, "step", now=NOW), step_id="xu_ly")
+    assert (before["finished"], before["overdue"]) == (6, 1)
+    # D's step (due Wed 4/3 13:30) finished late; H's, open since Mon 9/3 09:30 (due Wed 11/3), is overdue on 16/3.
+    assert (after["finished"], after["late"], after["overdue"]) == (7, 3, 1)
+    reception = _one(reports.on_time(session, START, END, "step", now=NOW), step_id="tiep_nhan")
+    assert (reception["received"], reception["finished"]) == (reception_before["received"] + 1, reception_before["finished"] + 1)
+    with Session(db_engine) as live:
+        live.info[reports.ROW_LEVEL] = True
+        assert reports.on_time(live, START, END, "step", now=NOW) == reports.on_time(session, START, END, "step", now=NOW)
+    jobs = {job.id for job in scheduler.build_scheduler(sessions, settings=config.Settings()).get_jobs()}
+    assert "report-refresh" in jobs
