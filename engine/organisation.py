@@ -43,10 +43,10 @@ __all__ = [
     "agency_tree",
     "holds_role",
     "load_organisation",
-    "officer_agencies",
-    "remember_grants",
     "move_dossier_home",
+    "officer_agencies",
     "parse_organisation",
+    "remember_grants",
     "reorganise",
 ]
 
